@@ -90,9 +90,11 @@
 #define IOPB_BYTES      (65536u / 8u)
 #define TSS_LIMIT       (TSS_SIZE + IOPB_BYTES) /* offset of the 0xff byte */
 
-/* The only ports CPL3 may use (aionub's hypercall ports). */
+/* The only ports CPL3 may use: aionub's hypercall block. The CPU checks one
+ * bitmap bit per byte accessed, so a 4-byte `out 0xE4, eax` needs 0xE4-0xE7
+ * open; 0xE0-0xE7 lets a 4-byte `out` reach each hypercall port 0xE0-0xE4. */
 #define PORT_OPEN_FIRST 0xE0
-#define PORT_OPEN_LAST  0xE4
+#define PORT_OPEN_LAST  0xE7
 #define PORT_FLOOR      0xE1
 
 /* Control registers. */
@@ -774,7 +776,7 @@ static void cmd_create(size_t n, size_t mem_mib)
 /* kill N: pthread_kill to a vCPU thread spinning at CPL3 -> EINTR          */
 /* ------------------------------------------------------------------------ */
 
-enum kill_state { KILL_IDLE, KILL_RUNNING, KILL_STOPPED, KILL_QUIT };
+enum kill_state { KILL_IDLE, KILL_RUNNING, KILL_STOPPED };
 
 struct kill_ctx {
     struct vm vm;
