@@ -1,0 +1,92 @@
+/*
+ * aionub guest ABI: the single source of truth shared by the host core
+ * (native/ C files), the guest SDK (native/guest/) and, through constants mirrored
+ * in src/aionub/_abi.py, the Python layer. docs/abi.md explains it in prose.
+ *
+ * Guest physical addresses equal guest virtual addresses (identity mapping,
+ * 4 KiB pages). The guest runs at CPL3; everything in the system area is
+ * supervisor-only except the boot-info page.
+ */
+#ifndef AIONUB_ABI_H
+#define AIONUB_ABI_H
+
+#include <stdint.h>
+
+#define AB_ABI_VERSION 1u
+#define AB_PAGE_SIZE 0x1000ull
+
+/* ---- memory layout ------------------------------------------------------ */
+/* 0x0000-0x0fff is never mapped: a null dereference always faults.          */
+#define AB_PML4_ADDR      0x001000ull
+#define AB_PDPT_ADDR      0x002000ull
+#define AB_PD_ADDR        0x003000ull
+#define AB_PT_ADDR        0x004000ull /* AB_MAX_PTS page tables, one per 2 MiB */
+#define AB_MAX_PTS        128ull      /* => guest memory of at most 256 MiB    */
+#define AB_GDT_ADDR       0x084000ull
+#define AB_IDT_ADDR       0x085000ull
+#define AB_TSS_ADDR       0x086000ull /* 104-byte TSS + 8 KiB I/O bitmap + 0xff */
+#define AB_TSS_PAGES      3ull
+#define AB_STUBS_ADDR     0x089000ull /* CPL0 exception stubs (host-written)   */
+#define AB_KSTACK_ADDR    0x08a000ull /* CPL0 stack, 2 pages; TSS.RSP0 = top    */
+#define AB_KSTACK_PAGES   2ull
+#define AB_BOOT_INFO_ADDR 0x08d000ull /* struct ab_boot_info, user read-only    */
+#define AB_IMAGE_BASE     0x100000ull /* lowest address a guest ELF may load at */
+#define AB_MAX_MEMORY     (AB_MAX_PTS * 0x200000ull)
+
+/* ---- hypercall ports ---------------------------------------------------- */
+/* The guest does `out PORT, eax` with eax = number of bytes it wrote at the
+ * start of the output buffer. The TSS I/O bitmap opens the block
+ * AB_IOMAP_FIRST..AB_IOMAP_LAST (a 4-byte `out` to 0xE4 touches 0xE4-0xE7);
+ * any other port I/O from CPL3 raises #GP, and the host rejects anything but
+ * a 4-byte `out` to AB_PORT_FIRST..AB_PORT_LAST. */
+#define AB_PORT_READY     0xE0 /* init done; output = function table          */
+#define AB_PORT_RESULT    0xE1 /* call done; output = result record           */
+#define AB_PORT_HOSTCALL  0xE2 /* output = host-call request; on resume the
+                                  output buffer holds the host's reply        */
+#define AB_PORT_LOG       0xE3 /* output = log record; resumed afterwards     */
+#define AB_PORT_ABORT     0xE4 /* output = abort record; never resumed        */
+#define AB_PORT_FIRST     AB_PORT_READY
+#define AB_PORT_LAST      AB_PORT_ABORT
+#define AB_IOMAP_FIRST    0xE0
+#define AB_IOMAP_LAST     0xE7
+/* Written by the CPL0 exception stubs only (closed to CPL3). At the exit,
+ * rax = CR2 and rsp points at: vector, error code, then the CPU's
+ * interrupt frame (rip, cs, rflags, rsp, ss). */
+#define AB_PORT_FAULT     0xEF
+
+/* ---- value tags (wire format and signatures) --------------------------- */
+#define AB_TAG_NONE   0 /* nothing follows                                  */
+#define AB_TAG_BOOL   1 /* u8, 0 or 1                                        */
+#define AB_TAG_INT    2 /* i64                                               */
+#define AB_TAG_FLOAT  3 /* f64                                               */
+#define AB_TAG_STR    4 /* u32 len, len bytes of UTF-8, one NUL byte          */
+#define AB_TAG_BYTES  5 /* u32 len, len bytes, one NUL byte                  */
+#define AB_TAG_LAST   AB_TAG_BYTES
+
+/* ---- result statuses (first byte of a RESULT record) -------------------- */
+#define AB_STATUS_OK        0 /* value follows                               */
+#define AB_STATUS_NOT_FOUND 1 /* str follows: the unknown function name      */
+#define AB_STATUS_BAD_ARGS  2 /* str follows: what was wrong                 */
+
+/* ---- host-call reply statuses ------------------------------------------ */
+#define AB_REPLY_OK    0 /* value follows                                    */
+#define AB_REPLY_ERROR 1 /* str follows: error message                       */
+
+#define AB_MAX_PARAMS 16 /* limit on parameters/arguments on the wire        */
+#define AB_MAX_NAME   255 /* longest function name in bytes                  */
+
+/* Written by the host at AB_BOOT_INFO_ADDR before the first entry; the
+ * guest's entry point also receives its address in rdi. */
+struct ab_boot_info {
+    uint64_t magic; /* AB_BOOT_MAGIC */
+    uint32_t abi_version;
+    uint32_t reserved;
+    uint64_t memory_size;
+    uint64_t input_addr, input_size;   /* host -> guest                      */
+    uint64_t output_addr, output_size; /* guest -> host                      */
+    uint64_t heap_addr, heap_size;
+    uint64_t stack_addr, stack_size;   /* initial rsp = stack_addr+stack_size */
+};
+#define AB_BOOT_MAGIC 0x31425553414e4f49ull /* "IONASUB1" little-endian */
+
+#endif

@@ -1,0 +1,132 @@
+/* Private declarations shared by the host core's translation units. */
+#ifndef AIONUB_INTERNAL_H
+#define AIONUB_INTERNAL_H
+
+#define _GNU_SOURCE
+#include <linux/kvm.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "aionub/abi.h"
+#include "aionub/host.h"
+
+/* ---- errors ------------------------------------------------------------- */
+/* Format into a caller's error buffer; returns -err for `return fail(...)`. */
+int ab_fail(char *buf, size_t len, int err, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* ---- kvm.c: the process-wide /dev/kvm handle ------------------------------ */
+int kvm_fd(char *errbuf, size_t errlen);      /* >= 0 or -errno             */
+int kvm_vcpu_mmap_size(void);
+const struct kvm_cpuid2 *kvm_supported_cpuid(void);
+
+/* ---- elf.c: validated loading of a guest image ---------------------------- */
+#define AB_MAX_SEGMENTS 16
+struct ab_segment {
+    uint64_t vaddr, memsz; /* page-aligned span [vaddr, vaddr+memsz)         */
+    uint64_t file_vaddr;   /* where the file bytes start (>= vaddr)          */
+    uint64_t offset, filesz;
+    bool writable, executable;
+};
+struct ab_image {
+    uint64_t entry;
+    uint64_t start, end; /* page-aligned span covering all segments          */
+    unsigned nsegments;
+    struct ab_segment segments[AB_MAX_SEGMENTS];
+};
+/* Parse and validate; every segment must lie in [AB_IMAGE_BASE, limit). */
+int elf_parse(const uint8_t *elf, size_t len, uint64_t limit,
+              struct ab_image *out, char *errbuf, size_t errlen);
+
+/* ---- memory.c: guest memory contents and page tables ----------------------- */
+int memory_check_config(const struct ab_config *cfg, char *errbuf,
+                        size_t errlen);
+uint64_t memory_image_limit(const struct ab_config *cfg);
+int memory_layout(const struct ab_config *cfg, const struct ab_image *img,
+                  struct ab_layout *out, char *errbuf, size_t errlen);
+/* Write everything the guest needs before its first entry into `mem`. */
+void memory_build(uint8_t *mem, const struct ab_layout *lay,
+                  const struct ab_image *img, const uint8_t *elf);
+
+/* ---- interrupt.c: the interrupt handle -------------------------------------
+ * state bits, as in the seed: CANCEL (bit 0), RUNNING (bit 1),
+ * DEBUG_INTERRUPT (bit 2, reserved: no debugger yet). */
+#define AB_CANCEL_BIT 0x1u
+#define AB_RUNNING_BIT 0x2u
+#define AB_DEBUG_INTERRUPT_BIT 0x4u
+
+struct ab_interrupt {
+    _Atomic uint8_t state;
+    _Atomic uint64_t tid;     /* pthread_t of the vCPU thread               */
+    _Atomic bool dropped;     /* the sandbox has been destroyed             */
+    _Atomic uint32_t refs;
+    uint64_t retry_delay_ns;
+    int signo;                /* SIGRTMIN + sig_rt_min_offset               */
+    /* Serialises kicks against teardown: a kick touches `run` and `tid`
+     * only while holding it and only if !dropped, so destroy (which sets
+     * dropped under the lock) never races a kick into freed memory or a
+     * joined thread. */
+    pthread_mutex_t kick_lock;
+    struct kvm_run *run;      /* for immediate_exit                         */
+    _Atomic uint64_t *signals_sent; /* the owning sandbox's counter          */
+};
+int interrupt_install_handler(int signo);
+struct ab_interrupt *interrupt_new(uint64_t retry_delay_ns, int signo);
+void interrupt_set_tid(struct ab_interrupt *ih);
+uint8_t interrupt_set_running(struct ab_interrupt *ih); /* returns old state */
+void interrupt_clear_running(struct ab_interrupt *ih);
+bool interrupt_is_cancelled(struct ab_interrupt *ih);
+void interrupt_clear_cancel(struct ab_interrupt *ih);
+void interrupt_set_dropped(struct ab_interrupt *ih);
+
+/* ---- stats ------------------------------------------------------------------ */
+struct ab_counters {
+    _Atomic uint64_t calls, runs, cancellations, signals_sent, stale_kicks;
+};
+extern struct ab_counters ab_process_counters;
+#define AB_COUNT(sb, field)                                                   \
+    do {                                                                      \
+        atomic_fetch_add_explicit(&(sb)->counters.field, 1, memory_order_relaxed); \
+        atomic_fetch_add_explicit(&ab_process_counters.field, 1,              \
+                                  memory_order_relaxed);                      \
+    } while (0)
+
+/* ---- vm.c / vcpu.c: the sandbox --------------------------------------------- */
+#define AB_CMD_IDLE 0u
+#define AB_CMD_CREATE 3u /* internal: first command, set at creation */
+#define AB_CMD_STOP 4u   /* internal: leave the thread               */
+
+struct ab_sandbox {
+    struct ab_config config;
+    struct ab_layout layout;
+    uint8_t *mem;             /* guest memory, layout.memory_size bytes      */
+    int vm_fd, vcpu_fd;
+    _Atomic int notify_fd;    /* eventfd to write when an event is published */
+    struct kvm_run *run;
+    int run_size;
+    pthread_t thread;
+    bool thread_started;
+    bool started;             /* ab_sandbox_start() was called             */
+    pid_t owner_pid;          /* the process whose thread runs the vCPU    */
+    struct ab_interrupt *ih;
+    /* The command word the vCPU thread waits on (futex). Python stores a
+     * command; the thread stores AB_CMD_IDLE back when its event is
+     * published, before it writes the eventfd. */
+    _Atomic uint32_t cmd;
+    _Atomic uint32_t sleeping; /* thread is (about to be) in FUTEX_WAIT    */
+    /* Set by submit, cleared by ack: at most one command in flight. */
+    _Atomic bool pending;
+    struct ab_event event;    /* written by the vCPU thread before IDLE     */
+    struct ab_counters counters;
+};
+
+int vm_create(struct ab_sandbox *sb, char *errbuf, size_t errlen);
+void vm_destroy(struct ab_sandbox *sb);
+void *vcpu_thread_main(void *arg);
+
+#endif

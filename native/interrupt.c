@@ -1,0 +1,203 @@
+/* The interrupt handle: how any thread stops a running vCPU.
+ *
+ * It follows Hyperlight's LinuxInterruptHandle (state byte with CANCEL,
+ * RUNNING and DEBUG_INTERRUPT bits, the vCPU thread id, `dropped`,
+ * `retry_delay`, `sig_rt_min_offset`) with the same memory orderings, plus
+ * kvm_run.immediate_exit: every kick sets it before signalling, so a signal
+ * that lands after RUNNING is set but before the thread enters KVM_RUN is
+ * not lost — KVM_RUN then returns EINTR at once.
+ *
+ * All bits live in one byte, so every read-modify-write on it is totally
+ * ordered: if kill()'s fetch_or(CANCEL) precedes the vCPU thread's
+ * fetch_or(RUNNING), the thread sees CANCEL and never enters the guest;
+ * otherwise kill() sees RUNNING and signals. docs/cancellation.md numbers
+ * the timing points.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define MAX_SIGNALS 32
+
+static pthread_mutex_t handler_lock = PTHREAD_MUTEX_INITIALIZER;
+static bool handler_installed[MAX_SIGNALS];
+
+static void noop_handler(int signo, siginfo_t *info, void *ctx)
+{
+    (void)signo, (void)info, (void)ctx; /* the EINTR is the whole point */
+}
+
+/* Install the no-op kick handler for `signo` once per process: SA_SIGINFO,
+ * and deliberately no SA_RESTART so KVM_RUN returns EINTR. */
+int interrupt_install_handler(int signo)
+{
+    int index = signo - SIGRTMIN;
+    if (index < 0 || index >= MAX_SIGNALS || signo > SIGRTMAX)
+        return -EINVAL;
+    pthread_mutex_lock(&handler_lock);
+    int rc = 0;
+    if (!handler_installed[index]) {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_sigaction = noop_handler;
+        sa.sa_flags = SA_SIGINFO;
+        sigemptyset(&sa.sa_mask);
+        if (sigaction(signo, &sa, NULL) == 0)
+            handler_installed[index] = true;
+        else
+            rc = -errno;
+    }
+    pthread_mutex_unlock(&handler_lock);
+    return rc;
+}
+
+struct ab_interrupt *interrupt_new(uint64_t retry_delay_ns, int signo)
+{
+    struct ab_interrupt *ih = calloc(1, sizeof *ih);
+    if (!ih)
+        return NULL;
+    atomic_init(&ih->refs, 1);
+    ih->retry_delay_ns = retry_delay_ns;
+    ih->signo = signo;
+    pthread_mutex_init(&ih->kick_lock, NULL);
+    return ih;
+}
+
+ab_interrupt *ab_sandbox_interrupt(ab_sandbox *sb)
+{
+    atomic_fetch_add_explicit(&sb->ih->refs, 1, memory_order_relaxed);
+    return sb->ih;
+}
+
+void ab_interrupt_release(ab_interrupt *ih)
+{
+    if (atomic_fetch_sub_explicit(&ih->refs, 1, memory_order_acq_rel) == 1) {
+        pthread_mutex_destroy(&ih->kick_lock);
+        free(ih);
+    }
+}
+
+/* ---- the vCPU thread's side ------------------------------------------------- */
+
+void interrupt_set_tid(struct ab_interrupt *ih)
+{
+    /* Release: pairs with the Acquire load in kick(), so a kicker that sees
+     * RUNNING (set after this) also sees this tid. */
+    atomic_store_explicit(&ih->tid, (uint64_t)pthread_self(),
+                          memory_order_release);
+}
+
+uint8_t interrupt_set_running(struct ab_interrupt *ih)
+{
+    /* Release: publishes the tid store to a kicker that observes RUNNING.
+     * The returned old value tells whether CANCEL was already set. */
+    return atomic_fetch_or_explicit(&ih->state, AB_RUNNING_BIT,
+                                    memory_order_acq_rel);
+}
+
+void interrupt_clear_running(struct ab_interrupt *ih)
+{
+    /* Release: everything the vCPU did is visible before RUNNING clears. */
+    atomic_fetch_and_explicit(&ih->state, (uint8_t)~AB_RUNNING_BIT,
+                              memory_order_release);
+}
+
+bool interrupt_is_cancelled(struct ab_interrupt *ih)
+{
+    /* Acquire: pairs with the Release in kill()/cancel(). */
+    return atomic_load_explicit(&ih->state, memory_order_acquire) &
+           AB_CANCEL_BIT;
+}
+
+void interrupt_clear_cancel(struct ab_interrupt *ih)
+{
+    /* Release: the previous call's effects are visible to other threads;
+     * a sandbox may be driven from different threads across calls. */
+    atomic_fetch_and_explicit(&ih->state, (uint8_t)~AB_CANCEL_BIT,
+                              memory_order_release);
+}
+
+void interrupt_set_dropped(struct ab_interrupt *ih)
+{
+    pthread_mutex_lock(&ih->kick_lock);
+    /* Release: teardown is visible to anyone who sees dropped via Acquire. */
+    atomic_store_explicit(&ih->dropped, true, memory_order_release);
+    ih->run = NULL;
+    pthread_mutex_unlock(&ih->kick_lock);
+}
+
+/* ---- any thread's side ------------------------------------------------------- */
+
+/* One kick: if the vCPU is running with CANCEL set, set immediate_exit and
+ * signal its thread. Returns whether a signal was sent. */
+int ab_interrupt_kick(ab_interrupt *ih)
+{
+    int sent = 0;
+    pthread_mutex_lock(&ih->kick_lock);
+    uint8_t state = atomic_load_explicit(&ih->state, memory_order_acquire);
+    bool dropped = atomic_load_explicit(&ih->dropped, memory_order_acquire);
+    if (!dropped && ih->run && (state & AB_RUNNING_BIT) &&
+        (state & (AB_CANCEL_BIT | AB_DEBUG_INTERRUPT_BIT))) {
+        /* SAFETY: run stays mapped while !dropped; dropped is set under
+         * kick_lock before the vCPU thread is joined and run unmapped. */
+        atomic_store_explicit((_Atomic uint8_t *)&ih->run->immediate_exit, 1,
+                              memory_order_release);
+        /* Acquire: pairs with the Release in interrupt_set_tid(). */
+        pthread_t tid =
+            (pthread_t)atomic_load_explicit(&ih->tid, memory_order_acquire);
+        if (pthread_kill(tid, ih->signo) == 0) {
+            sent = 1;
+            atomic_fetch_add_explicit(ih->signals_sent, 1,
+                                      memory_order_relaxed);
+            atomic_fetch_add_explicit(&ab_process_counters.signals_sent, 1,
+                                      memory_order_relaxed);
+        }
+    }
+    pthread_mutex_unlock(&ih->kick_lock);
+    return sent;
+}
+
+int ab_interrupt_cancel(ab_interrupt *ih)
+{
+    /* Release: writes made before the kill are visible to the vCPU thread
+     * when it checks CANCEL with Acquire. */
+    atomic_fetch_or_explicit(&ih->state, AB_CANCEL_BIT, memory_order_release);
+    return ab_interrupt_kick(ih);
+}
+
+int ab_interrupt_running(ab_interrupt *ih)
+{
+    return (atomic_load_explicit(&ih->state, memory_order_acquire) &
+            AB_RUNNING_BIT) != 0;
+}
+
+int ab_interrupt_dropped(ab_interrupt *ih)
+{
+    return atomic_load_explicit(&ih->dropped, memory_order_acquire);
+}
+
+int ab_interrupt_kill(ab_interrupt *ih)
+{
+    int sent = ab_interrupt_cancel(ih);
+    struct timespec delay = {
+        .tv_sec = (time_t)(ih->retry_delay_ns / 1000000000ull),
+        .tv_nsec = (long)(ih->retry_delay_ns % 1000000000ull),
+    };
+    /* As in the seed: keep signalling while the vCPU runs with CANCEL set. */
+    for (;;) {
+        uint8_t state = atomic_load_explicit(&ih->state, memory_order_acquire);
+        if (!(state & AB_RUNNING_BIT) || !(state & AB_CANCEL_BIT) ||
+            atomic_load_explicit(&ih->dropped, memory_order_acquire))
+            break;
+        while (nanosleep(&delay, &delay) != 0 && errno == EINTR)
+            ;
+        delay.tv_sec = (time_t)(ih->retry_delay_ns / 1000000000ull);
+        delay.tv_nsec = (long)(ih->retry_delay_ns % 1000000000ull);
+        sent |= ab_interrupt_kick(ih);
+    }
+    return sent;
+}

@@ -1,0 +1,229 @@
+/* The sandbox object behind the public C API: creation (validation, memory,
+ * the vCPU thread), the command/completion handshake with Python, and
+ * teardown. */
+#include "internal.h"
+
+#include <errno.h>
+#include <linux/futex.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define VCPU_THREAD_STACK (256 * 1024)
+
+struct ab_counters ab_process_counters;
+
+static void free_sandbox(struct ab_sandbox *sb)
+{
+    vm_destroy(sb);
+    if (sb->mem)
+        munmap(sb->mem, sb->layout.memory_size);
+    if (sb->ih)
+        ab_interrupt_release(sb->ih);
+    free(sb);
+}
+
+static int start_thread(struct ab_sandbox *sb)
+{
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, VCPU_THREAD_STACK);
+    int rc = pthread_create(&sb->thread, &attr, vcpu_thread_main, sb);
+    pthread_attr_destroy(&attr);
+    if (rc)
+        return -rc;
+    sb->thread_started = true;
+    return 0;
+}
+
+int ab_sandbox_create(const struct ab_config *config, const uint8_t *elf,
+                      size_t elf_len, ab_sandbox **out, char *errbuf,
+                      size_t errlen)
+{
+    *out = NULL;
+    int rc = kvm_fd(errbuf, errlen);
+    if (rc < 0)
+        return rc;
+    rc = memory_check_config(config, errbuf, errlen);
+    if (rc)
+        return rc;
+    struct ab_image image;
+    rc = elf_parse(elf, elf_len, memory_image_limit(config), &image, errbuf,
+                   errlen);
+    if (rc)
+        return rc;
+
+    struct ab_sandbox *sb = calloc(1, sizeof *sb);
+    if (!sb)
+        return ab_fail(errbuf, errlen, ENOMEM, "out of memory");
+    sb->config = *config;
+    sb->owner_pid = getpid();
+    sb->vm_fd = sb->vcpu_fd = -1;
+    atomic_init(&sb->notify_fd, -1);
+    rc = memory_layout(config, &image, &sb->layout, errbuf, errlen);
+    if (rc)
+        goto fail;
+    int signo = SIGRTMIN + (int)config->sig_rt_min_offset;
+    rc = interrupt_install_handler(signo);
+    if (rc) {
+        ab_fail(errbuf, errlen, -rc, "cannot install the handler for "
+                "SIGRTMIN+%u", config->sig_rt_min_offset);
+        goto fail;
+    }
+    sb->ih = interrupt_new(config->retry_delay_ns, signo);
+    if (!sb->ih) {
+        rc = ab_fail(errbuf, errlen, ENOMEM, "out of memory");
+        goto fail;
+    }
+    sb->ih->signals_sent = &sb->counters.signals_sent;
+    /* MAP_NORESERVE: only the pages the guest touches cost anything. */
+    void *mem = mmap(NULL, sb->layout.memory_size, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (mem == MAP_FAILED) {
+        rc = ab_fail(errbuf, errlen, errno, "cannot map %llu bytes of guest "
+                     "memory: %s", (unsigned long long)sb->layout.memory_size,
+                     strerror(errno));
+        goto fail;
+    }
+    sb->mem = mem;
+    memory_build(sb->mem, &sb->layout, &image, elf);
+    rc = start_thread(sb);
+    if (rc) {
+        ab_fail(errbuf, errlen, -rc, "cannot start the vCPU thread: %s",
+                strerror(-rc));
+        goto fail;
+    }
+    *out = sb;
+    return 0;
+fail:
+    free_sandbox(sb);
+    return rc;
+}
+
+uint8_t *ab_sandbox_memory(ab_sandbox *sb) { return sb->mem; }
+void ab_sandbox_layout(ab_sandbox *sb, struct ab_layout *out)
+{
+    *out = sb->layout;
+}
+struct ab_event *ab_sandbox_event(ab_sandbox *sb) { return &sb->event; }
+
+static void send_command(struct ab_sandbox *sb, uint32_t cmd)
+{
+    /* seq_cst store then load of `sleeping`: pairs with wait_command(), so
+     * either it sees the command or we see it asleep and wake it. */
+    atomic_store(&sb->cmd, cmd);
+    if (atomic_load(&sb->sleeping))
+        syscall(SYS_futex, &sb->cmd, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+}
+
+static int submit(struct ab_sandbox *sb, uint32_t cmd, int notify_fd)
+{
+    if (notify_fd < 0)
+        return -EBADF;
+    bool expected = false;
+    if (!atomic_compare_exchange_strong(&sb->pending, &expected, true))
+        return -EBUSY;
+    /* Relaxed: ordered before the command by send_command()'s seq_cst. */
+    atomic_store_explicit(&sb->notify_fd, notify_fd, memory_order_relaxed);
+    send_command(sb, cmd);
+    return 0;
+}
+
+int ab_sandbox_start(ab_sandbox *sb, int notify_fd)
+{
+    if (sb->started)
+        return -EALREADY;
+    sb->started = true;
+    return submit(sb, AB_CMD_CREATE, notify_fd);
+}
+
+int ab_sandbox_submit(ab_sandbox *sb, uint32_t cmd, int notify_fd)
+{
+    if (cmd != AB_CMD_CALL && cmd != AB_CMD_RESUME)
+        return -EINVAL;
+    if (!sb->started)
+        return -ENOTCONN;
+    return submit(sb, cmd, notify_fd);
+}
+
+int ab_sandbox_ack(ab_sandbox *sb, int notify_fd)
+{
+    uint64_t value;
+    if (read(notify_fd, &value, sizeof value) != sizeof value)
+        return errno == EAGAIN ? -EAGAIN : -errno;
+    /* Acquire: pairs with publish(); the event record is complete. */
+    (void)atomic_load_explicit(&sb->cmd, memory_order_acquire);
+    atomic_store(&sb->pending, false);
+    return (int)sb->event.kind;
+}
+
+/* Block until the vCPU thread has published the event for the command in
+ * flight, killing the guest if it is still running. Only teardown uses
+ * this; event loops use the non-blocking pieces instead. */
+static void stop_command_in_flight(struct ab_sandbox *sb)
+{
+    if (!atomic_load(&sb->pending))
+        return;
+    while (atomic_load_explicit(&sb->cmd, memory_order_acquire) !=
+           AB_CMD_IDLE) {
+        ab_interrupt_kill(sb->ih);
+        poll(NULL, 0, 1);
+    }
+}
+
+void ab_sandbox_destroy(ab_sandbox *sb)
+{
+    if (!sb)
+        return;
+    if (getpid() != sb->owner_pid) {
+        /* A forked child inherited this object but not the vCPU thread:
+         * it must not signal, join or free what the parent still uses.
+         * Drop only this process's mappings and descriptors. */
+        if (sb->run)
+            munmap(sb->run, (size_t)sb->run_size);
+        if (sb->mem)
+            munmap(sb->mem, sb->layout.memory_size);
+        if (sb->vcpu_fd >= 0)
+            close(sb->vcpu_fd);
+        if (sb->vm_fd >= 0)
+            close(sb->vm_fd);
+        return;
+    }
+    if (sb->thread_started) {
+        stop_command_in_flight(sb);
+        /* After this no kick touches kvm_run or the thread id. */
+        interrupt_set_dropped(sb->ih);
+        send_command(sb, AB_CMD_STOP);
+        pthread_join(sb->thread, NULL);
+    } else {
+        interrupt_set_dropped(sb->ih);
+    }
+    free_sandbox(sb);
+}
+
+static void read_counters(const struct ab_counters *c, struct ab_stats *out)
+{
+    out->calls = atomic_load_explicit(&c->calls, memory_order_relaxed);
+    out->runs = atomic_load_explicit(&c->runs, memory_order_relaxed);
+    out->cancellations =
+        atomic_load_explicit(&c->cancellations, memory_order_relaxed);
+    out->signals_sent =
+        atomic_load_explicit(&c->signals_sent, memory_order_relaxed);
+    out->stale_kicks =
+        atomic_load_explicit(&c->stale_kicks, memory_order_relaxed);
+}
+
+void ab_sandbox_stats(ab_sandbox *sb, struct ab_stats *out)
+{
+    read_counters(&sb->counters, out);
+}
+
+void ab_process_stats(struct ab_stats *out)
+{
+    read_counters(&ab_process_counters, out);
+}

@@ -1,0 +1,303 @@
+/* The vCPU thread: one per sandbox, created by the C core. It never runs
+ * Python and never takes the GIL.
+ *
+ *   Python (event loop thread)            vCPU thread
+ *   ──────────────────────────            ───────────
+ *   write input buffer
+ *   submit(CALL): cmd = CALL, FUTEX_WAKE ─▶ wait_command() returns CALL
+ *                                           [T1] clear CANCEL (CALL only)
+ *                                           loop:
+ *                                             [T2] set RUNNING; CANCEL? → CANCELLED
+ *                                             [T3] KVM_RUN ... guest runs
+ *                                             [T4] clear RUNNING
+ *                                             EINTR: [T5] CANCEL? → CANCELLED
+ *                                                    else stale kick → re-enter
+ *                                             exit → decode → event
+ *                                           [T6] publish: event, cmd = IDLE,
+ *   reader callback: ack() reads eventfd ◀──       write(eventfd)
+ *
+ * The timing points T1..T6 are the ones docs/cancellation.md refers to.
+ * Hot path per call: one FUTEX_WAIT return, one KVM_RUN, one write().
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <linux/futex.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#define KSTACK_TOP (AB_KSTACK_ADDR + AB_KSTACK_PAGES * AB_PAGE_SIZE)
+
+static long futex(_Atomic uint32_t *addr, int op, uint32_t val)
+{
+    return syscall(SYS_futex, addr, op, val, NULL, NULL, 0);
+}
+
+static uint64_t now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
+}
+
+/* Wait for Python to hand over a command: poll for spin_ns first (cheap
+ * when calls come back to back), then sleep on the futex. `sleeping` tells
+ * the submitter whether a FUTEX_WAKE is needed (both sides use seq_cst so
+ * one of them always sees the other). */
+static uint32_t wait_command(struct ab_sandbox *sb)
+{
+    uint32_t cmd = atomic_load_explicit(&sb->cmd, memory_order_acquire);
+    if (cmd != AB_CMD_IDLE)
+        return cmd;
+    if (sb->config.spin_ns) {
+        uint64_t deadline = now_ns() + sb->config.spin_ns;
+        do {
+            for (int i = 0; i < 64; i++) {
+                __builtin_ia32_pause();
+                cmd = atomic_load_explicit(&sb->cmd, memory_order_acquire);
+                if (cmd != AB_CMD_IDLE)
+                    return cmd;
+            }
+        } while (now_ns() < deadline);
+    }
+    for (;;) {
+        atomic_store(&sb->sleeping, 1);
+        cmd = atomic_load(&sb->cmd);
+        if (cmd == AB_CMD_IDLE)
+            futex(&sb->cmd, FUTEX_WAIT_PRIVATE, AB_CMD_IDLE);
+        atomic_store(&sb->sleeping, 0);
+        cmd = atomic_load_explicit(&sb->cmd, memory_order_acquire);
+        if (cmd != AB_CMD_IDLE)
+            return cmd;
+    }
+}
+
+static void publish(struct ab_sandbox *sb)
+{
+    /* Release: the event record is complete before Python can see IDLE. */
+    atomic_store_explicit(&sb->cmd, AB_CMD_IDLE, memory_order_release);
+    uint64_t one = 1;
+    /* The eventfd counter cannot overflow (one event per command), and a
+     * failed write cannot be reported to anyone but the reader, who would
+     * then wait forever — so retry EINTR and nothing else can happen. */
+    int fd = atomic_load_explicit(&sb->notify_fd, memory_order_relaxed);
+    while (write(fd, &one, sizeof one) < 0 && errno == EINTR)
+        ;
+}
+
+static void event_vm_error(struct ab_event *ev, uint32_t reason, int err,
+                           uint64_t detail, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+
+static void event_vm_error(struct ab_event *ev, uint32_t reason, int err,
+                           uint64_t detail, const char *fmt, ...)
+{
+    ev->kind = AB_EV_VM_ERROR;
+    ev->exit_reason = reason;
+    ev->error = -err;
+    ev->detail = detail;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ev->message, sizeof ev->message, fmt, ap);
+    va_end(ap);
+}
+
+/* A CPL0 stub reported an exception: rax = CR2, rsp -> [vector, error
+ * code, rip, cs, rflags, rsp, ss]. The stub only ever runs with the
+ * host-built stack, but validate anyway before reading guest memory. */
+static void decode_fault(struct ab_sandbox *sb, struct ab_event *ev)
+{
+    struct kvm_regs r;
+    if (ioctl(sb->vcpu_fd, KVM_GET_REGS, &r) < 0) {
+        event_vm_error(ev, KVM_EXIT_IO, errno, 0, "KVM_GET_REGS failed: %s",
+                       strerror(errno));
+        return;
+    }
+    if (r.rsp < AB_KSTACK_ADDR || r.rsp > KSTACK_TOP - 7 * 8 || (r.rsp & 7)) {
+        event_vm_error(ev, KVM_EXIT_IO, 0, r.rsp,
+                       "fault report with a corrupt kernel stack pointer");
+        return;
+    }
+    uint64_t frame[7];
+    memcpy(frame, sb->mem + r.rsp, sizeof frame);
+    ev->kind = AB_EV_FAULT;
+    ev->vector = frame[0];
+    ev->error_code = frame[1];
+    ev->rip = frame[2];
+    ev->address = r.rax;
+}
+
+static void decode_shutdown(struct ab_sandbox *sb, struct ab_event *ev)
+{
+    struct kvm_regs r;
+    uint64_t rip = 0;
+    if (ioctl(sb->vcpu_fd, KVM_GET_REGS, &r) == 0)
+        rip = r.rip;
+    event_vm_error(ev, KVM_EXIT_SHUTDOWN, 0, 0, "triple fault (VM shutdown)");
+    ev->rip = rip;
+}
+
+/* Turn a port-I/O exit into an event. Returns false for an exit that is
+ * not a hypercall at all. */
+static void decode_io(struct ab_sandbox *sb, struct ab_event *ev)
+{
+    const struct kvm_run *run = sb->run;
+    unsigned port = run->io.port;
+    if (run->io.direction == KVM_EXIT_IO_OUT && run->io.size == 1 &&
+        run->io.count == 1 && port == AB_PORT_FAULT) {
+        decode_fault(sb, ev);
+        return;
+    }
+    if (run->io.direction != KVM_EXIT_IO_OUT || run->io.size != 4 ||
+        run->io.count != 1 || port < AB_PORT_FIRST || port > AB_PORT_LAST) {
+        event_vm_error(ev, KVM_EXIT_IO, 0, port,
+                       "unexpected port I/O: %s of %u byte(s) x%u on port 0x%x",
+                       run->io.direction == KVM_EXIT_IO_OUT ? "out" : "in",
+                       run->io.size, run->io.count, port);
+        return;
+    }
+    /* SAFETY: data_offset is set by KVM and lies within the kvm_run page. */
+    uint32_t length;
+    memcpy(&length, (const uint8_t *)run + run->io.data_offset, sizeof length);
+    if (length > sb->layout.output_size) {
+        event_vm_error(ev, KVM_EXIT_IO, 0, length,
+                       "guest claimed %u bytes in a %llu-byte output buffer",
+                       length, (unsigned long long)sb->layout.output_size);
+        return;
+    }
+    static const uint32_t kinds[] = {
+        [AB_PORT_READY - AB_PORT_FIRST] = AB_EV_READY,
+        [AB_PORT_RESULT - AB_PORT_FIRST] = AB_EV_RESULT,
+        [AB_PORT_HOSTCALL - AB_PORT_FIRST] = AB_EV_HOSTCALL,
+        [AB_PORT_LOG - AB_PORT_FIRST] = AB_EV_LOG,
+        [AB_PORT_ABORT - AB_PORT_FIRST] = AB_EV_ABORT,
+    };
+    ev->kind = kinds[port - AB_PORT_FIRST];
+    ev->length = length;
+}
+
+static void decode_exit(struct ab_sandbox *sb, struct ab_event *ev)
+{
+    const struct kvm_run *run = sb->run;
+    switch (run->exit_reason) {
+    case KVM_EXIT_IO:
+        decode_io(sb, ev);
+        return;
+    case KVM_EXIT_SHUTDOWN:
+        decode_shutdown(sb, ev);
+        return;
+    case KVM_EXIT_HLT:
+        event_vm_error(ev, KVM_EXIT_HLT, 0, 0, "the vCPU halted");
+        return;
+    case KVM_EXIT_MMIO:
+        event_vm_error(ev, KVM_EXIT_MMIO, 0, run->mmio.phys_addr,
+                       "%s of unbacked guest physical address 0x%llx",
+                       run->mmio.is_write ? "write" : "read",
+                       (unsigned long long)run->mmio.phys_addr);
+        return;
+    case KVM_EXIT_FAIL_ENTRY:
+        event_vm_error(ev, KVM_EXIT_FAIL_ENTRY, 0,
+                       run->fail_entry.hardware_entry_failure_reason,
+                       "VM entry failed (hardware reason 0x%llx)",
+                       (unsigned long long)
+                           run->fail_entry.hardware_entry_failure_reason);
+        return;
+    case KVM_EXIT_INTERNAL_ERROR:
+        event_vm_error(ev, KVM_EXIT_INTERNAL_ERROR, 0, run->internal.suberror,
+                       "KVM internal error (suberror %u)",
+                       run->internal.suberror);
+        return;
+    default:
+        event_vm_error(ev, run->exit_reason, 0, 0,
+                       "unexpected KVM exit reason %u", run->exit_reason);
+        return;
+    }
+}
+
+/* Run the guest until something Python must see. CANCEL persists across
+ * the re-entries in here and across RESUME commands. */
+static void run_until_event(struct ab_sandbox *sb)
+{
+    struct ab_event *ev = &sb->event;
+    struct ab_interrupt *ih = sb->ih;
+    memset(ev, 0, offsetof(struct ab_event, message));
+    ev->message[0] = 0;
+    for (;;) {
+        /* [T2] RUNNING before checking CANCEL: a kill() that lands after
+         * this sees RUNNING and kicks; one that landed before is seen here. */
+        if (interrupt_set_running(ih) & AB_CANCEL_BIT) {
+            interrupt_clear_running(ih);
+            break;
+        }
+        AB_COUNT(sb, runs);
+        /* [T3] */
+        int rc = ioctl(sb->vcpu_fd, KVM_RUN, 0);
+        int err = errno;
+        /* [T4] */
+        interrupt_clear_running(ih);
+        if (rc == 0) {
+            decode_exit(sb, ev);
+            return;
+        }
+        if (err != EINTR && err != EAGAIN) {
+            event_vm_error(ev, 0, err, 0, "KVM_RUN failed: %s", strerror(err));
+            return;
+        }
+        /* [T5] A kick. Clear immediate_exit before looking at CANCEL: a
+         * kicker sets CANCEL before immediate_exit, so a CANCEL we miss
+         * here comes with a fresh immediate_exit we will not clear. */
+        atomic_store_explicit((_Atomic uint8_t *)&sb->run->immediate_exit, 0,
+                              memory_order_seq_cst);
+        if (interrupt_is_cancelled(ih))
+            break;
+        AB_COUNT(sb, stale_kicks); /* stale: re-enter the guest */
+    }
+    ev->kind = AB_EV_CANCELLED;
+    AB_COUNT(sb, cancellations);
+}
+
+void *vcpu_thread_main(void *arg)
+{
+    struct ab_sandbox *sb = arg;
+    /* Only the kick signal may interrupt this thread; everything else goes
+     * to the application's threads. */
+    sigset_t set;
+    sigfillset(&set);
+    sigdelset(&set, sb->ih->signo);
+    pthread_sigmask(SIG_SETMASK, &set, NULL);
+    /* The thread owns the vCPU for the sandbox's whole life. */
+    interrupt_set_tid(sb->ih);
+
+    for (;;) {
+        uint32_t cmd = wait_command(sb);
+        if (cmd == AB_CMD_STOP)
+            break;
+        if (cmd == AB_CMD_CREATE) {
+            int rc = vm_create(sb, sb->event.message, sizeof sb->event.message);
+            if (rc) {
+                sb->event.kind = AB_EV_CREATE_FAILED;
+                sb->event.error = rc;
+                publish(sb);
+                continue;
+            }
+        } else if (cmd == AB_CMD_CALL) {
+            AB_COUNT(sb, calls);
+            /* [T1] CANCEL is per call: a kill() aimed at an earlier call
+             * must not affect this one. */
+            interrupt_clear_cancel(sb->ih);
+        }
+        if (!sb->run) { /* creation failed; nothing to run */
+            event_vm_error(&sb->event, 0, ENODEV, 0, "the VM does not exist");
+            publish(sb);
+            continue;
+        }
+        run_until_event(sb);
+        publish(sb);
+    }
+    return NULL;
+}

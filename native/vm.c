@@ -1,0 +1,129 @@
+/* The KVM objects of one sandbox: VM, memory slot and vCPU, and the vCPU's
+ * initial register state (long mode, entering the guest at CPL3). Runs on
+ * the sandbox's vCPU thread so the event loop never waits for it. */
+#include "internal.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#define CR0_PE (1ull << 0)
+#define CR0_MP (1ull << 1)
+#define CR0_ET (1ull << 4)
+#define CR0_NE (1ull << 5)
+#define CR0_WP (1ull << 16)
+#define CR0_PG (1ull << 31)
+#define CR4_PAE (1ull << 5)
+#define CR4_OSFXSR (1ull << 9)
+#define CR4_OSXMMEXCPT (1ull << 10)
+#define EFER_LME (1ull << 8)
+#define EFER_LMA (1ull << 10)
+#define EFER_NXE (1ull << 11)
+
+#define SEL_UDATA_RPL3 0x1b
+#define SEL_UCODE_RPL3 0x23
+#define SEL_TSS 0x28
+
+#define IOCTL_FAIL(what)                                                      \
+    ab_fail(errbuf, errlen, errno, "%s failed: %s", what, strerror(errno))
+
+static void set_segments(struct kvm_sregs *s)
+{
+    struct kvm_segment code = {
+        .base = 0, .limit = 0xffffffff, .selector = SEL_UCODE_RPL3,
+        .type = 11, .present = 1, .dpl = 3, .db = 0, .s = 1, .l = 1, .g = 1,
+    };
+    struct kvm_segment data = code;
+    data.selector = SEL_UDATA_RPL3;
+    data.type = 3;
+    data.l = 0;
+    data.db = 1;
+    s->cs = code;
+    s->ds = s->es = s->fs = s->gs = s->ss = data;
+    struct kvm_segment tr = {
+        .base = AB_TSS_ADDR, .limit = 104 + 8192, .selector = SEL_TSS,
+        .type = 11, .present = 1, .s = 0,
+    };
+    s->tr = tr;
+    s->gdt.base = AB_GDT_ADDR;
+    s->gdt.limit = 7 * 8 - 1;
+    s->idt.base = AB_IDT_ADDR;
+    s->idt.limit = 32 * 16 - 1;
+}
+
+static int set_initial_registers(struct ab_sandbox *sb, char *errbuf,
+                                 size_t errlen)
+{
+    struct kvm_sregs s;
+    if (ioctl(sb->vcpu_fd, KVM_GET_SREGS, &s) < 0)
+        return IOCTL_FAIL("KVM_GET_SREGS");
+    s.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG;
+    s.cr3 = AB_PML4_ADDR;
+    s.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT;
+    s.efer = EFER_LME | EFER_LMA | EFER_NXE;
+    set_segments(&s);
+    if (ioctl(sb->vcpu_fd, KVM_SET_SREGS, &s) < 0)
+        return IOCTL_FAIL("KVM_SET_SREGS");
+
+    struct kvm_regs r;
+    memset(&r, 0, sizeof r);
+    r.rip = sb->layout.entry;
+    r.rsp = sb->layout.stack_addr + sb->layout.stack_size;
+    r.rdi = AB_BOOT_INFO_ADDR;
+    r.rflags = 0x2; /* IF=0, IOPL=0: port I/O only through the TSS bitmap */
+    if (ioctl(sb->vcpu_fd, KVM_SET_REGS, &r) < 0)
+        return IOCTL_FAIL("KVM_SET_REGS");
+    return 0;
+}
+
+int vm_create(struct ab_sandbox *sb, char *errbuf, size_t errlen)
+{
+    int kvm = kvm_fd(errbuf, errlen);
+    if (kvm < 0)
+        return kvm;
+    sb->vm_fd = ioctl(kvm, KVM_CREATE_VM, 0);
+    if (sb->vm_fd < 0)
+        return IOCTL_FAIL("KVM_CREATE_VM");
+    struct kvm_userspace_memory_region region = {
+        .slot = 0,
+        .guest_phys_addr = 0,
+        .memory_size = sb->layout.memory_size,
+        .userspace_addr = (uint64_t)(uintptr_t)sb->mem,
+    };
+    if (ioctl(sb->vm_fd, KVM_SET_USER_MEMORY_REGION, &region) < 0)
+        return IOCTL_FAIL("KVM_SET_USER_MEMORY_REGION");
+    sb->vcpu_fd = ioctl(sb->vm_fd, KVM_CREATE_VCPU, 0);
+    if (sb->vcpu_fd < 0)
+        return IOCTL_FAIL("KVM_CREATE_VCPU");
+    sb->run_size = kvm_vcpu_mmap_size();
+    void *run = mmap(NULL, (size_t)sb->run_size, PROT_READ | PROT_WRITE,
+                     MAP_SHARED, sb->vcpu_fd, 0);
+    if (run == MAP_FAILED)
+        return ab_fail(errbuf, errlen, errno, "mmap of kvm_run failed: %s",
+                       strerror(errno));
+    sb->run = run;
+    if (ioctl(sb->vcpu_fd, KVM_SET_CPUID2, kvm_supported_cpuid()) < 0)
+        return IOCTL_FAIL("KVM_SET_CPUID2");
+    int rc = set_initial_registers(sb, errbuf, errlen);
+    if (rc)
+        return rc;
+    /* Kicks may touch kvm_run from now on (still under kick_lock). */
+    pthread_mutex_lock(&sb->ih->kick_lock);
+    sb->ih->run = sb->run;
+    pthread_mutex_unlock(&sb->ih->kick_lock);
+    return 0;
+}
+
+void vm_destroy(struct ab_sandbox *sb)
+{
+    if (sb->run)
+        munmap(sb->run, (size_t)sb->run_size);
+    if (sb->vcpu_fd >= 0)
+        close(sb->vcpu_fd);
+    if (sb->vm_fd >= 0)
+        close(sb->vm_fd);
+    sb->run = NULL;
+    sb->vcpu_fd = sb->vm_fd = -1;
+}

@@ -1,0 +1,31 @@
+"""Constants of the guest ABI, mirrored from native/include/aionub/abi.h
+(tests/test_abi.py checks that they agree)."""
+
+from __future__ import annotations
+
+TAG_NONE = 0
+TAG_BOOL = 1
+TAG_INT = 2
+TAG_FLOAT = 3
+TAG_STR = 4
+TAG_BYTES = 5
+TAG_LAST = TAG_BYTES
+
+STATUS_OK = 0
+STATUS_NOT_FOUND = 1
+STATUS_BAD_ARGS = 2
+
+REPLY_OK = 0
+REPLY_ERROR = 1
+
+MAX_PARAMS = 16
+MAX_NAME = 255
+
+TYPE_NAMES = {
+    TAG_NONE: "None",
+    TAG_BOOL: "bool",
+    TAG_INT: "int",
+    TAG_FLOAT: "float",
+    TAG_STR: "str",
+    TAG_BYTES: "bytes",
+}

@@ -1,0 +1,91 @@
+"""Sandbox configuration: the ``**config`` of ``Sandbox.create``, with safe
+defaults and validation that names the offending option."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ._native import ffi
+
+__all__ = ("SandboxConfig",)
+
+KiB = 1024
+MiB = 1024 * KiB
+_PAGE = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxConfig:
+    """Options of one sandbox. Sizes are bytes and multiples of 4 KiB;
+    durations are seconds."""
+
+    #: Total guest memory (image, buffers, heap, stack); at most 256 MiB.
+    #: Only pages the guest touches use host memory.
+    memory_size: int = 8 * MiB
+    #: Guest stack; below it sits an unmapped guard page.
+    stack_size: int = 256 * KiB
+    #: Host -> guest buffer: the largest call request (name + arguments).
+    input_size: int = 64 * KiB
+    #: Guest -> host buffer: the largest result, log or host-call record.
+    output_size: int = 64 * KiB
+    #: InterruptHandle.kill() and the event loop re-send the kick signal at
+    #: this interval until the vCPU has stopped.
+    interrupt_retry_delay: float = 0.0005
+    #: The kick signal is SIGRTMIN + this offset.
+    sig_rt_min_offset: int = 0
+    #: Creation fails with InvalidGuest if the guest is not ready by then.
+    init_timeout: float = 5.0
+    #: Guest log bytes accepted per call; the rest is dropped with a warning.
+    max_log_bytes: int = 1 * MiB
+    #: The vCPU thread polls this long for the next command before sleeping.
+    spin_time: float = 0.0
+
+    @classmethod
+    def from_kwargs(cls, options: dict[str, Any]) -> SandboxConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - names)
+        if unknown:
+            raise TypeError(
+                f"unknown sandbox option {unknown[0]!r} (known: {', '.join(sorted(names))})"
+            )
+        config = cls(**options)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        for name in ("memory_size", "stack_size", "input_size", "output_size", "max_log_bytes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+            if value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+        for name in ("memory_size", "stack_size", "input_size", "output_size"):
+            value = getattr(self, name)
+            if value % _PAGE:
+                raise ValueError(f"{name} must be a multiple of {_PAGE}, got {value}")
+        for name, upper in (("interrupt_retry_delay", 1.0), ("init_timeout", 3600.0), ("spin_time", 0.01)):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+            low_ok = value > 0 if name != "spin_time" else value >= 0
+            if not (low_ok and value <= upper) or math.isnan(value):
+                raise ValueError(f"{name} must be in {'[0' if name == 'spin_time' else '(0'}, {upper}] seconds, got {value}")
+        offset = self.sig_rt_min_offset
+        if not isinstance(offset, int) or isinstance(offset, bool):
+            raise TypeError(f"sig_rt_min_offset must be an int, not {type(offset).__name__}")
+        if not 0 <= offset <= 31:
+            raise ValueError(f"sig_rt_min_offset must be between 0 and 31, got {offset}")
+
+    def to_native(self) -> Any:
+        cfg = ffi.new("struct ab_config *")
+        cfg.memory_size = self.memory_size
+        cfg.stack_size = self.stack_size
+        cfg.input_size = self.input_size
+        cfg.output_size = self.output_size
+        cfg.retry_delay_ns = int(self.interrupt_retry_delay * 1e9)
+        cfg.sig_rt_min_offset = self.sig_rt_min_offset
+        cfg.spin_ns = int(self.spin_time * 1e9)
+        return cfg

@@ -1,0 +1,111 @@
+"""The one layer that touches the cffi module: typed wrappers that check
+return codes and turn them into exceptions in one place."""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import Any
+
+from ._exceptions import InvalidGuest, KvmUnavailable
+from ._aionub_native import ffi, lib  # type: ignore[import-not-found]
+
+__all__ = ("ffi", "lib", "NativeSandbox", "probe_kvm", "process_stats")
+
+_ERRLEN = 512
+
+EV_READY = lib.AB_EV_READY
+EV_RESULT = lib.AB_EV_RESULT
+EV_HOSTCALL = lib.AB_EV_HOSTCALL
+EV_LOG = lib.AB_EV_LOG
+EV_ABORT = lib.AB_EV_ABORT
+EV_FAULT = lib.AB_EV_FAULT
+EV_CANCELLED = lib.AB_EV_CANCELLED
+EV_VM_ERROR = lib.AB_EV_VM_ERROR
+EV_CREATE_FAILED = lib.AB_EV_CREATE_FAILED
+CMD_CALL = lib.AB_CMD_CALL
+CMD_RESUME = lib.AB_CMD_RESUME
+EXIT_SHUTDOWN = lib.AB_EXIT_SHUTDOWN
+EAGAIN = -errno.EAGAIN
+
+STATS_FIELDS = ("calls", "runs", "cancellations", "signals_sent", "stale_kicks")
+
+
+def _message(buf: Any) -> str:
+    return ffi.string(buf).decode("utf-8", "replace")  # type: ignore[no-any-return]
+
+
+def probe_kvm() -> None:
+    """Raise KvmUnavailable unless /dev/kvm can be used."""
+    buf = ffi.new("char[]", _ERRLEN)
+    rc = lib.ab_kvm_probe(buf, _ERRLEN)
+    if rc < 0:
+        raise KvmUnavailable(_message(buf) or os.strerror(-rc))
+
+
+def _stats_dict(stats: Any) -> dict[str, int]:
+    return {name: int(getattr(stats, name)) for name in STATS_FIELDS}
+
+
+def process_stats() -> dict[str, int]:
+    stats = ffi.new("struct ab_stats *")
+    lib.ab_process_stats(stats)
+    return _stats_dict(stats)
+
+
+class NativeSandbox:
+    """Owns one ``ab_sandbox``: its guest memory views, event record and
+    interrupt handle. Freed by :meth:`destroy` (or by the GC as a last
+    resort; destroy blocks until the vCPU thread has exited)."""
+
+    __slots__ = ("ptr", "event", "layout", "memory", "input", "output", "_ih")
+
+    def __init__(self, config: Any, image: bytes) -> None:
+        probe_kvm()
+        out = ffi.new("ab_sandbox **")
+        buf = ffi.new("char[]", _ERRLEN)
+        rc = lib.ab_sandbox_create(config, image, len(image), out, buf, _ERRLEN)
+        if rc < 0:
+            message = _message(buf)
+            if message.startswith("elf: "):
+                raise InvalidGuest(message[5:])
+            if message.startswith("config: "):
+                raise ValueError(message[8:])
+            raise OSError(-rc, message or os.strerror(-rc))
+        self.ptr = ffi.gc(out[0], lib.ab_sandbox_destroy)
+        self.event = lib.ab_sandbox_event(self.ptr)
+        layout = ffi.new("struct ab_layout *")
+        lib.ab_sandbox_layout(self.ptr, layout)
+        self.layout = layout
+        # SAFETY: these views alias guest memory; they are only used while
+        # the vCPU is stopped and are dropped in destroy() before the memory
+        # is unmapped.
+        self.memory = ffi.buffer(lib.ab_sandbox_memory(self.ptr), layout.memory_size)
+        mv = memoryview(self.memory)
+        self.input = mv[layout.input_addr : layout.input_addr + layout.input_size]
+        self.output = mv[layout.output_addr : layout.output_addr + layout.output_size]
+        self._ih = None
+
+    def start(self, notify_fd: int) -> None:
+        rc = lib.ab_sandbox_start(self.ptr, notify_fd)
+        if rc < 0:
+            raise OSError(-rc, f"cannot start the vCPU: {os.strerror(-rc)}")
+
+    def interrupt(self) -> Any:
+        """A new reference to the interrupt handle, released by the GC."""
+        return ffi.gc(lib.ab_sandbox_interrupt(self.ptr), lib.ab_interrupt_release)
+
+    def stats(self) -> dict[str, int]:
+        stats = ffi.new("struct ab_stats *")
+        lib.ab_sandbox_stats(self.ptr, stats)
+        return _stats_dict(stats)
+
+    def destroy(self) -> None:
+        """Stop the vCPU thread and free everything. Idempotent."""
+        ptr = self.ptr
+        if ptr is None:
+            return
+        for view in (self.input, self.output):
+            view.release()
+        self.ptr = self.event = self.input = self.output = self.memory = None
+        ffi.release(ptr)  # runs ab_sandbox_destroy now

@@ -1,0 +1,550 @@
+"""The Sandbox: one micro-VM running one guest, driven from async code."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import logging
+import math
+import os
+import warnings
+from collections.abc import Awaitable, Callable, Generator, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import anyio
+
+from . import _native
+from ._binding import AnyioBinding, AsyncioBinding, Binding
+from ._config import SandboxConfig
+from ._errors import event_error
+from ._exceptions import (
+    CallTimeout,
+    GuestFunctionNotFound,
+    GuestProtocolError,
+    HostFunctionError,
+    InvalidGuest,
+    SandboxClosed,
+    SandboxError,
+    SandboxPoisoned,
+)
+from ._interrupt import InterruptHandle
+from ._native import (
+    CMD_CALL,
+    CMD_RESUME,
+    EV_HOSTCALL,
+    EV_LOG,
+    EV_READY,
+    EV_RESULT,
+    NativeSandbox,
+)
+from ._wire import GuestFunction, Reader, decode_args, decode_function_table, encode_call, encode_value
+from . import _abi
+
+__all__ = ("Sandbox",)
+
+log = logging.getLogger("aionub")
+guest_log = logging.getLogger("aionub.guest")
+
+HostFunction = Callable[..., Any]
+_ids = itertools.count(1)
+_LOG_LEVELS = frozenset((10, 20, 30, 40, 50))
+
+# Sandboxes belong to the process that created them: a forked child has the
+# memory but not the vCPU threads. Bumped in the child after every fork.
+_fork_generation = 0
+
+
+def _after_fork_in_child() -> None:
+    global _fork_generation
+    _fork_generation += 1
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _read_guest(guest: object) -> tuple[bytes, str]:
+    if isinstance(guest, bytes | bytearray | memoryview):
+        return bytes(guest), "<bytes>"
+    if isinstance(guest, str | os.PathLike):
+        path = Path(guest)
+        try:
+            return path.read_bytes(), str(path)
+        except IsADirectoryError:
+            raise InvalidGuest(f"guest {str(path)!r} is a directory, not an ELF file") from None
+    raise TypeError(f"guest must be a path or the bytes of an ELF file, not {type(guest).__name__}")
+
+
+def _check_host_functions(host_functions: object) -> dict[str, HostFunction]:
+    if host_functions is None:
+        return {}
+    if not isinstance(host_functions, Mapping):
+        raise TypeError(
+            f"host_functions must be a mapping of names to callables, not {type(host_functions).__name__}"
+        )
+    checked: dict[str, HostFunction] = {}
+    for name, func in host_functions.items():
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"host function names must be non-empty strings, got {name!r}")
+        if len(name.encode()) > _abi.MAX_NAME:
+            raise ValueError(f"host function name {name[:40]!r}... is longer than {_abi.MAX_NAME} bytes")
+        if not callable(func):
+            raise TypeError(f"host function {name!r} is not callable: {func!r}")
+        checked[name] = func
+    return checked
+
+
+def _check_timeout(timeout: object) -> float | None:
+    if timeout is None:
+        return None
+    if not isinstance(timeout, int | float) or isinstance(timeout, bool):
+        raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
+    if math.isnan(timeout) or timeout < 0:
+        raise ValueError(f"timeout must be a non-negative number of seconds, got {timeout}")
+    return float(timeout)
+
+
+class _Creation:
+    """What ``Sandbox.create()`` returns: await it for a sandbox, or use it
+    as ``async with`` to close the sandbox on exit."""
+
+    __slots__ = ("_factory", "_sandbox")
+
+    def __init__(self, factory: Callable[[], Awaitable[Sandbox]]) -> None:
+        self._factory = factory
+        self._sandbox: Sandbox | None = None
+
+    def __await__(self) -> Generator[Any, None, Sandbox]:
+        return self._factory().__await__()
+
+    async def __aenter__(self) -> Sandbox:
+        self._sandbox = await self._factory()
+        return self._sandbox
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._sandbox is not None:
+            await self._sandbox.aclose()
+
+
+class Sandbox:
+    """A KVM micro-VM running one guest. Create with :meth:`create`.
+
+    Calls on one sandbox run one at a time, in the order they were made;
+    use several sandboxes for parallelism.
+    """
+
+    def __init__(
+        self,
+        native: NativeSandbox,
+        config: SandboxConfig,
+        host_functions: dict[str, HostFunction],
+        label: str,
+    ) -> None:
+        self._native: NativeSandbox | None = native
+        self._config = config
+        self._host_functions = host_functions
+        self._label = label
+        self.id = next(_ids)
+        self._ih = native.interrupt()
+        self._generation = _fork_generation
+        self._functions: dict[str, GuestFunction] = {}
+        self._prefixes: dict[str, bytes] = {}
+        self._binding: Binding | None = None
+        self._poison: str | None = None
+        self._closing = False
+        self._closed = False
+        self._asyncio_lock: asyncio.Lock | None = None
+        self._anyio_lock: anyio.Lock | None = None
+        self._busy = False
+        # Per-call state, reset at the start of every call.
+        self._host_error: HostFunctionError | None = None
+        self._log_budget = 0
+        self._log_dropped = False
+
+    # ---- creation ---------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        guest: str | os.PathLike[str] | bytes,
+        *,
+        host_functions: Mapping[str, HostFunction] | None = None,
+        **config: Any,
+    ) -> _Creation:
+        """Create a sandbox running ``guest`` (a path or the bytes of a guest
+        ELF). ``host_functions`` maps names the guest may call to callables,
+        sync or ``async def``. ``config`` takes the fields of
+        :class:`SandboxConfig`.
+
+        Await the result, or use it with ``async with`` to close the sandbox
+        on exit. Raises :class:`KvmUnavailable`, :class:`InvalidGuest`,
+        ``TypeError``/``ValueError`` for bad options."""
+        options = SandboxConfig.from_kwargs(config)
+        functions = _check_host_functions(host_functions)
+        image, label = _read_guest(guest)
+
+        async def factory() -> Sandbox:
+            native = NativeSandbox(options.to_native(), image)
+            sandbox = cls(native, options, functions, label)
+            try:
+                await sandbox._boot()
+            except BaseException:
+                sandbox._destroy()
+                raise
+            log.debug("created %r", sandbox)
+            return sandbox
+
+        return _Creation(factory)
+
+    async def _boot(self) -> None:
+        binding = self._bind()
+        binding.start()
+        try:
+            with anyio.fail_after(self._config.init_timeout):
+                kind = await self._drive(binding, "initialisation")
+        except TimeoutError:
+            raise InvalidGuest(
+                f"guest {self._label} did not become ready within {self._config.init_timeout} s"
+            ) from None
+        except SandboxError as exc:
+            if isinstance(exc, InvalidGuest):
+                raise
+            raise InvalidGuest(f"guest {self._label} failed during initialisation: {exc}") from exc
+        if kind != EV_READY:
+            raise InvalidGuest(f"guest {self._label} returned a result before it was ready")
+        native = self._native
+        assert native is not None
+        try:
+            self._functions = decode_function_table(native.output, native.event.length)
+        except GuestProtocolError as exc:
+            raise InvalidGuest(f"guest {self._label}: {exc}") from None
+        self._prefixes = {name: fn.prefix() for name, fn in self._functions.items()}
+        self._poison = None
+
+    # ---- public API ---------------------------------------------------------
+
+    @property
+    def functions(self) -> Mapping[str, GuestFunction]:
+        """The guest's exported functions with their signatures."""
+        return dict(self._functions)
+
+    @property
+    def poisoned(self) -> bool:
+        """True once a call did not run to completion (timeout, kill,
+        cancellation, fault, abort): every later call raises
+        :class:`SandboxPoisoned`."""
+        return self._poison is not None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed or self._closing
+
+    def interrupt_handle(self) -> InterruptHandle:
+        """A handle that any thread can use to stop the running call."""
+        self._check_open()
+        return InterruptHandle(self._ih)
+
+    def stats(self) -> dict[str, int]:
+        """Counters of this sandbox: calls, runs (KVM_RUN ioctls),
+        cancellations, signals_sent, stale_kicks."""
+        self._check_open()
+        assert self._native is not None
+        return self._native.stats()
+
+    def __repr__(self) -> str:
+        if self._closed:
+            state = "closed"
+        elif self._poison is not None:
+            state = "poisoned"
+        elif self._busy:
+            state = "busy"
+        else:
+            state = "ready"
+        return f"<Sandbox {self.id} {self._label} [{state}]>"
+
+    async def call(self, name: str, /, *args: Any, timeout: float | None = None) -> Any:
+        """Call the guest function ``name`` with ``args`` (int, float, bool,
+        str, bytes, None) and return its result.
+
+        ``timeout`` (seconds) stops the guest when it expires and raises
+        :class:`CallTimeout`. A cancelled task stops the guest too. In both
+        cases the vCPU has stopped before the exception reaches the caller,
+        and the sandbox is poisoned."""
+        self._check_usable()
+        fn = self._functions.get(name) if isinstance(name, str) else None
+        if fn is None:
+            if not isinstance(name, str):
+                raise TypeError(f"function name must be a str, not {type(name).__name__}")
+            raise GuestFunctionNotFound(f"guest {self._label} exports no function named {name!r}")
+        request = encode_call(fn, self._prefixes[name], args)
+        if len(request) > self._config.input_size:
+            raise ValueError(
+                f"the arguments of {name}() take {len(request)} bytes, more than the "
+                f"{self._config.input_size}-byte input buffer (option input_size)"
+            )
+        deadline = _check_timeout(timeout)
+        loop = asyncio._get_running_loop()
+        if loop is not None:
+            lock = self._asyncio_lock
+            if lock is None:
+                lock = self._asyncio_lock = asyncio.Lock()
+            await lock.acquire()
+            try:
+                if deadline is None:
+                    return await self._call_locked(fn, request)
+                cm = asyncio.timeout(deadline)
+                try:
+                    async with cm:
+                        return await self._call_locked(fn, request)
+                except TimeoutError:
+                    if cm.expired():
+                        raise self._timed_out(name, deadline) from None
+                    raise
+            finally:
+                lock.release()
+        # Not asyncio: trio (or another anyio backend).
+        if self._anyio_lock is None:
+            self._anyio_lock = anyio.Lock()
+        async with self._anyio_lock:
+            if deadline is None:
+                return await self._call_locked(fn, request)
+            with anyio.move_on_after(deadline) as scope:
+                return await self._call_locked(fn, request)
+            if scope.cancelled_caught:
+                raise self._timed_out(name, deadline)
+            raise AssertionError("unreachable: the call neither returned nor timed out")
+
+    async def aclose(self) -> None:
+        """Close the sandbox: a call in flight is killed (it raises
+        :class:`SandboxClosed`), queued calls raise SandboxClosed, the vCPU
+        thread exits and every resource is released. Idempotent."""
+        if self._closed or self._closing:
+            while not self._closed:
+                await anyio.sleep(self._config.interrupt_retry_delay)
+            return
+        self._closing = True
+        try:
+            # Kill a call in flight; the call reports SandboxClosed. Re-kick
+            # from the loop until it has finished (never block the loop).
+            while self._busy:
+                _native.lib.ab_interrupt_cancel(self._ih)
+                await anyio.sleep(self._config.interrupt_retry_delay)
+        finally:
+            self._destroy()
+        log.debug("closed %r", self)
+
+    async def __aenter__(self) -> Sandbox:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # ---- the call engine ------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed or self._closing:
+            raise SandboxClosed(f"sandbox {self.id} is closed")
+        if self._generation != _fork_generation:
+            raise SandboxError(
+                f"sandbox {self.id} belongs to the parent process; a forked child must create its own"
+            )
+
+    def _check_usable(self) -> None:
+        self._check_open()
+        if self._poison is not None:
+            raise SandboxPoisoned(f"sandbox {self.id} is poisoned: {self._poison}")
+
+    def _timed_out(self, name: str, timeout: float) -> CallTimeout:
+        if self._poison is not None:  # not if the guest finished as the deadline hit
+            self._poison = f"a call to {name}() timed out after {timeout} s"
+        return CallTimeout(f"{name}() did not finish within {timeout} s; the guest was stopped")
+
+    def _bind(self) -> Binding:
+        """The binding for the event loop we are running on."""
+        loop = asyncio._get_running_loop()
+        binding = self._binding
+        if binding is not None and binding.loop is loop:
+            return binding
+        native = self._native
+        assert native is not None
+        new: Binding = AsyncioBinding(loop, native.ptr) if loop is not None else AnyioBinding(native.ptr)
+        if binding is not None:
+            binding.close()
+        self._binding = new
+        return new
+
+    async def _call_locked(self, fn: GuestFunction, request: bytes) -> Any:
+        self._check_usable()  # again: the state may have changed while queued
+        native = self._native
+        assert native is not None
+        binding = self._binding
+        if binding is None or binding.loop is not asyncio._get_running_loop():
+            binding = self._bind()
+        native.input[: len(request)] = request
+        self._host_error = None
+        self._log_budget = self._config.max_log_bytes
+        self._log_dropped = False
+        self._busy = True
+        try:
+            binding.submit(CMD_CALL)
+            await self._drive(binding, f"{fn.name}()")
+        finally:
+            self._busy = False
+        return self._result(fn)
+
+    async def _drive(self, binding: Binding, what: str) -> int:
+        """Run the guest until it returns (RESULT or READY), serving log
+        records and host calls on the way. Anything else, and any exception
+        or cancellation while the guest is mid-call, poisons the sandbox;
+        the vCPU is stopped before the exception propagates."""
+        in_flight = True
+        try:
+            while True:
+                kind = await binding.wait()
+                in_flight = False
+                if kind == EV_RESULT or kind == EV_READY:
+                    return kind
+                if kind == EV_LOG:
+                    self._emit_log()
+                elif kind == EV_HOSTCALL:
+                    await self._serve_host_call()
+                else:
+                    raise self._event_error(kind)
+                if self._closing:
+                    raise SandboxClosed(f"sandbox {self.id} was closed during {what}")
+                binding.submit(CMD_RESUME)
+                in_flight = True
+        except BaseException as exc:
+            if in_flight and await binding.stop(self._ih, self._config.interrupt_retry_delay) == EV_RESULT:
+                raise  # the guest finished the call before the kill landed: its state is intact
+            if self._poison is None:
+                self._poison = f"{what} did not run to completion ({type(exc).__name__}: {exc})"
+            raise
+
+    def _event_error(self, kind: int) -> SandboxError:
+        native = self._native
+        assert native is not None
+        if self._closing and kind == _native.EV_CANCELLED:
+            return SandboxClosed(f"sandbox {self.id} was closed while a call was running")
+        return event_error(kind, native.event, native.output, native.layout)
+
+    def _result(self, fn: GuestFunction) -> Any:
+        native = self._native
+        assert native is not None
+        out = native.output
+        length = native.event.length
+        # Fast path: status OK with a None value.
+        if length == 2 and out[0] == 0 and out[1] == 0:
+            value = None
+        else:
+            value = self._decode_result(fn, out, length)
+        if self._host_error is not None:
+            raise self._host_error
+        if self._log_dropped:
+            guest_log.warning("[sandbox %d] guest log output over %d bytes in one call was dropped",
+                              self.id, self._config.max_log_bytes)
+        return value
+
+    def _decode_result(self, fn: GuestFunction, out: memoryview, length: int) -> Any:
+        try:
+            r = Reader(out, length, f"result of {fn.name}()")
+            status = r.u8()
+            if status == _abi.STATUS_OK:
+                value = r.value()
+                r.done()
+                return value
+            message = r.text()
+            r.done()
+        except GuestProtocolError as exc:
+            self._poison = str(exc)
+            raise
+        if status == _abi.STATUS_NOT_FOUND:
+            raise GuestFunctionNotFound(f"guest {self._label} has no function named {message!r}")
+        if status == _abi.STATUS_BAD_ARGS:
+            raise TypeError(f"guest rejected the arguments of {fn.name}(): {message}")
+        self._poison = f"{fn.name}() returned unknown status {status}"
+        raise GuestProtocolError(f"result of {fn.name}() has unknown status {status}")
+
+    def _emit_log(self) -> None:
+        native = self._native
+        assert native is not None
+        length = native.event.length
+        r = Reader(native.output, length, "log record")
+        level = r.u8()
+        if level not in _LOG_LEVELS:
+            raise r.fail(f"unknown log level {level}")
+        message = r.text()
+        r.done()
+        self._log_budget -= length
+        if self._log_budget < 0:
+            self._log_dropped = True
+            return
+        guest_log.log(level, "[sandbox %d] %s", self.id, message, extra={"sandbox_id": self.id})
+
+    async def _serve_host_call(self) -> None:
+        native = self._native
+        assert native is not None
+        r = Reader(native.output, native.event.length, "host-call request")
+        name = r.text()
+        args = decode_args(r)
+        r.done()
+        error: HostFunctionError | None = None
+        reply = b""
+        func = self._host_functions.get(name)
+        if func is None:
+            error = HostFunctionError(f"the guest called host function {name!r}, which does not exist")
+        else:
+            try:
+                result = func(*args)
+                if inspect.isawaitable(result):
+                    result = await result
+                reply = b"\x00" + encode_value(result, f"the result of host function {name!r}")
+            except Exception as exc:
+                error = HostFunctionError(f"host function {name!r} failed: {type(exc).__name__}: {exc}")
+                error.__cause__ = exc
+        if error is None and len(reply) > self._config.output_size:
+            error = HostFunctionError(
+                f"the result of host function {name!r} takes {len(reply)} bytes, more than "
+                f"the {self._config.output_size}-byte output buffer (option output_size)"
+            )
+        if error is not None:
+            if self._host_error is None:
+                self._host_error = error
+            message = str(error).encode()[: self._config.output_size - 6]
+            reply = b"\x01" + len(message).to_bytes(4, "little") + message + b"\x00"
+        native.output[: len(reply)] = reply
+
+    def _destroy(self) -> None:
+        """Release everything now (the vCPU thread is joined)."""
+        native, self._native = self._native, None
+        if native is not None:
+            native.destroy()
+        binding, self._binding = self._binding, None
+        if binding is not None:
+            binding.close()
+        self._closed = True
+        self._closing = False
+
+    def __del__(self) -> None:
+        if getattr(self, "_closed", True) or getattr(self, "_native", None) is None:
+            return
+        if self._generation != _fork_generation:
+            return
+        warnings.warn(f"unclosed {self!r}; use 'async with' or 'await sandbox.aclose()'",
+                      ResourceWarning, stacklevel=1)
+        try:
+            self._destroy()
+        except Exception:
+            pass

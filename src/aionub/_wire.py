@@ -1,0 +1,239 @@
+"""The wire format between host and guest (docs/abi.md, "Wire format").
+
+Encoding (host -> guest) checks the Python values it is given; decoding
+(guest -> host) trusts nothing: every read is bounds-checked against the
+length the guest declared, tags and UTF-8 are validated, and any violation is
+a :class:`GuestProtocolError`.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from . import _abi
+from ._exceptions import GuestProtocolError
+
+__all__ = (
+    "GuestFunction",
+    "Reader",
+    "encode_value",
+    "encode_string",
+    "encode_call",
+    "decode_function_table",
+)
+
+_U32 = struct.Struct("<I")
+_I64 = struct.Struct("<q")
+_F64 = struct.Struct("<d")
+_I64_MIN = -(2**63)
+_I64_MAX = 2**63 - 1
+
+Value = None | bool | int | float | str | bytes
+
+
+@dataclass(frozen=True, slots=True)
+class GuestFunction:
+    """A function the guest exports: its name, parameter types and return
+    type (tags from the ABI; ``str(fn)`` renders a signature)."""
+
+    name: str
+    params: tuple[int, ...]
+    returns: int
+
+    def __str__(self) -> str:
+        params = ", ".join(_abi.TYPE_NAMES[p] for p in self.params)
+        return f"{self.name}({params}) -> {_abi.TYPE_NAMES[self.returns]}"
+
+    def prefix(self) -> bytes:
+        """The encoded name that starts every call request to it."""
+        return encode_string(self.name.encode())
+
+
+def encode_string(raw: bytes) -> bytes:
+    return _U32.pack(len(raw)) + raw + b"\x00"
+
+
+def _type_name(value: object) -> str:
+    return type(value).__name__
+
+
+def encode_value(value: object, what: str) -> bytes:
+    """Encode a host value whose type decides the tag. ``what`` names the
+    value in error messages ("argument 2 of add()")."""
+    if value is None:
+        return b"\x00"
+    if value is True:
+        return b"\x01\x01"
+    if value is False:
+        return b"\x01\x00"
+    if isinstance(value, int):
+        if not _I64_MIN <= value <= _I64_MAX:
+            raise OverflowError(f"{what}: {value} does not fit in a signed 64-bit integer")
+        return b"\x02" + _I64.pack(value)
+    if isinstance(value, float):
+        return b"\x03" + _F64.pack(value)
+    if isinstance(value, str):
+        try:
+            raw = value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"{what}: string is not valid Unicode ({exc.reason})") from None
+        return b"\x04" + _U32.pack(len(raw)) + raw + b"\x00"
+    if isinstance(value, bytes | bytearray | memoryview):
+        raw = bytes(value)
+        return b"\x05" + _U32.pack(len(raw)) + raw + b"\x00"
+    raise TypeError(
+        f"{what}: cannot pass a value of type {_type_name(value)} "
+        "(supported: int, float, bool, str, bytes, None)"
+    )
+
+
+def _check_param(fn: GuestFunction, index: int, tag: int, value: object) -> object:
+    """Check (and for float parameters, convert) one argument."""
+    ok: bool
+    if tag == _abi.TAG_INT:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif tag == _abi.TAG_FLOAT:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if ok:
+            value = float(value)  # type: ignore[arg-type]
+    elif tag == _abi.TAG_BOOL:
+        ok = isinstance(value, bool)
+    elif tag == _abi.TAG_STR:
+        ok = isinstance(value, str)
+    elif tag == _abi.TAG_BYTES:
+        ok = isinstance(value, bytes | bytearray | memoryview)
+    else:
+        ok = value is None
+    if not ok:
+        raise TypeError(
+            f"{fn.name}() argument {index + 1} must be {_abi.TYPE_NAMES[tag]}, "
+            f"not {_type_name(value)}"
+        )
+    return value
+
+
+def encode_call(fn: GuestFunction, prefix: bytes, args: Sequence[object]) -> bytes:
+    """The call request for ``fn(*args)``; raises TypeError naming the
+    function and the parameter when the arguments do not fit its signature."""
+    if len(args) != len(fn.params):
+        raise TypeError(
+            f"{fn.name}() takes {len(fn.params)} argument"
+            f"{'' if len(fn.params) == 1 else 's'} ({len(args)} given)"
+        )
+    if not args:
+        return prefix + b"\x00"
+    parts = [prefix, bytes((len(args),))]
+    for i, (tag, value) in enumerate(zip(fn.params, args)):
+        value = _check_param(fn, i, tag, value)
+        parts.append(encode_value(value, f"{fn.name}() argument {i + 1}"))
+    return b"".join(parts)
+
+
+class Reader:
+    """Bounds-checked reads of a record the guest wrote."""
+
+    __slots__ = ("buf", "pos", "end", "what")
+
+    def __init__(self, buf: memoryview, length: int, what: str) -> None:
+        self.buf = buf
+        self.pos = 0
+        self.end = length
+        self.what = what
+
+    def fail(self, problem: str) -> GuestProtocolError:
+        return GuestProtocolError(f"malformed {self.what} from the guest: {problem}")
+
+    def _take(self, n: int) -> int:
+        pos = self.pos
+        if n > self.end - pos:
+            raise self.fail(f"needs {n} more bytes at offset {pos}, record is {self.end} bytes")
+        self.pos = pos + n
+        return pos
+
+    def u8(self) -> int:
+        return self.buf[self._take(1)]
+
+    def u32(self) -> int:
+        return _U32.unpack_from(self.buf, self._take(4))[0]  # type: ignore[no-any-return]
+
+    def i64(self) -> int:
+        return _I64.unpack_from(self.buf, self._take(8))[0]  # type: ignore[no-any-return]
+
+    def f64(self) -> float:
+        return _F64.unpack_from(self.buf, self._take(8))[0]  # type: ignore[no-any-return]
+
+    def raw(self) -> bytes:
+        n = self.u32()
+        start = self._take(n)
+        nul = self._take(1)
+        if self.buf[nul] != 0:
+            raise self.fail(f"byte string of length {n} at offset {start} lacks its NUL terminator")
+        return bytes(self.buf[start : start + n])
+
+    def text(self) -> str:
+        start = self.pos
+        data = self.raw()
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise self.fail(f"string at offset {start} is not valid UTF-8 ({exc.reason})") from None
+
+    def value(self) -> Value:
+        tag = self.u8()
+        if tag == _abi.TAG_NONE:
+            return None
+        if tag == _abi.TAG_INT:
+            return self.i64()
+        if tag == _abi.TAG_FLOAT:
+            return self.f64()
+        if tag == _abi.TAG_BOOL:
+            b = self.u8()
+            if b > 1:
+                raise self.fail(f"bool value {b} is neither 0 nor 1")
+            return b == 1
+        if tag == _abi.TAG_STR:
+            return self.text()
+        if tag == _abi.TAG_BYTES:
+            return self.raw()
+        raise self.fail(f"unknown value tag {tag} at offset {self.pos - 1}")
+
+    def done(self) -> None:
+        if self.pos != self.end:
+            raise self.fail(f"{self.end - self.pos} unexpected trailing bytes")
+
+
+def _tag(r: Reader, allow_none: bool) -> int:
+    tag = r.u8()
+    if tag > _abi.TAG_LAST or (tag == _abi.TAG_NONE and not allow_none):
+        raise r.fail(f"invalid type tag {tag} in a signature")
+    return tag
+
+
+def decode_function_table(buf: memoryview, length: int) -> dict[str, GuestFunction]:
+    r = Reader(buf, length, "function table")
+    count = r.u32()
+    functions: dict[str, GuestFunction] = {}
+    for _ in range(count):
+        name = r.text()
+        if not name or len(name.encode()) > _abi.MAX_NAME:
+            raise r.fail(f"function name {name!r} is empty or too long")
+        if name in functions:
+            raise r.fail(f"function {name!r} is exported twice")
+        returns = _tag(r, allow_none=True)
+        nparams = r.u8()
+        if nparams > _abi.MAX_PARAMS:
+            raise r.fail(f"function {name!r} declares {nparams} parameters")
+        params = tuple(_tag(r, allow_none=False) for _ in range(nparams))
+        functions[name] = GuestFunction(name, params, returns)
+    r.done()
+    return functions
+
+
+def decode_args(r: Reader) -> list[Any]:
+    nargs = r.u8()
+    if nargs > _abi.MAX_PARAMS:
+        raise r.fail(f"{nargs} arguments is more than the limit of {_abi.MAX_PARAMS}")
+    return [r.value() for _ in range(nargs)]
