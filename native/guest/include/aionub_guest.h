@@ -1,0 +1,296 @@
+/*
+ * aionub guest SDK: the one header a guest author includes.
+ *
+ * A guest is a set of plain C functions registered with AB_EXPORT. The runtime
+ * (native/guest/runtime/) owns the entry point, the heap and the dispatch loop:
+ * there is no main(). Build guests with aionub.build_guest(), which supplies
+ * the compiler flags and the linker script.
+ *
+ *     #include <aionub_guest.h>
+ *
+ *     static int64_t add(int64_t a, int64_t b) { return a + b; }
+ *     AB_EXPORT(add, AB_INT, AB_INT, AB_INT);     // name, return type, params
+ *
+ * This header also brings in <stdint.h>, <stddef.h>, <stdbool.h>, <stdarg.h>
+ * and the SDK's <string.h>, <stdlib.h> and <stdio.h>; <ctype.h> and
+ * <assert.h> are available too. Nothing else from a hosted C library exists.
+ */
+#ifndef AIONUB_GUEST_H
+#define AIONUB_GUEST_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "aionub/abi.h"
+
+#ifdef __cplusplus
+#error "aionub guests are C (gnu11); C++ is not supported"
+#endif
+
+/* ---- types --------------------------------------------------------------- */
+
+/* Value types. The numbers are the wire tags (AB_TAG_*). */
+typedef enum {
+    AB_VOID = AB_TAG_NONE, /* return type only: the function returns nothing  */
+    AB_BOOL = AB_TAG_BOOL,
+    AB_INT = AB_TAG_INT,
+    AB_FLOAT = AB_TAG_FLOAT,
+    AB_STR = AB_TAG_STR,
+    AB_BYTES = AB_TAG_BYTES,
+} ab_type;
+
+/* What a function exported with return type AB_BYTES returns. `data` must
+ * stay valid until the function returns (the runtime copies it right after);
+ * `data` may be NULL only when `len` is 0. */
+typedef struct {
+    const uint8_t *data;
+    size_t len;
+} ab_bytes;
+
+/* ---- exporting functions -------------------------------------------------- */
+/*
+ * AB_EXPORT(fn, RET, PARAM...) exports the function `fn` under its own name;
+ * AB_EXPORT_AS("name", fn, RET, PARAM...) under another one (useful when the
+ * name clashes with C, e.g. "log" or "abort"). Write it at file scope, after
+ * the function. RET and each PARAM must be written literally as one of the
+ * AB_* names above. The C signature must match exactly; a mismatch is a
+ * compile-time error:
+ *
+ *   parameter  AB_BOOL -> bool          return  AB_VOID  -> void
+ *              AB_INT  -> int64_t               AB_BOOL  -> bool
+ *              AB_FLOAT-> double                AB_INT   -> int64_t
+ *              AB_STR  -> const char *          AB_FLOAT -> double
+ *              AB_BYTES-> const uint8_t *, size_t   AB_STR -> const char *
+ *                         (two C parameters)    AB_BYTES -> ab_bytes
+ *
+ * A str argument is NUL-terminated UTF-8 without embedded NULs (the runtime
+ * rejects a call otherwise). A bytes argument is followed by a NUL byte that
+ * is not counted in its length. Arguments live in the input buffer and are
+ * valid only during the call; copy what you keep.
+ *
+ * A str result must be NUL-terminated UTF-8 and a bytes result must stay
+ * valid until the function returns: the runtime copies it into the output
+ * buffer after the return (so returning a pointer to a static buffer, or to
+ * an argument, is fine). A NULL str result, a result that does not fit in the
+ * output buffer and a str result that is not valid UTF-8 abort the guest with
+ * code -1 and a message that says which.
+ *
+ * Limits (checked at compile time): at most 6 integer-class C parameters
+ * (bool, int, str count 1; bytes counts 2) and 8 float parameters, so that
+ * every argument travels in a register; at most 16 parameters; names of 1 to
+ * 255 bytes, unique within a guest (checked when the guest starts).
+ *
+ * An int argument is accepted for a float parameter (converted as by a C
+ * cast); no other conversion is made.
+ */
+struct ab_export {
+    const char *name;
+    void (*fn)(void);
+    uint8_t ret;     /* ab_type */
+    uint8_t nparams; /* logical parameters: bytes counts 1 */
+    uint8_t params[AB_MAX_PARAMS];
+};
+
+#define AB_EXPORT(fn, ...) AB_EXPORT_AS(#fn, fn, __VA_ARGS__)
+
+#define AB_EXPORT_AS(name, fn, ...)                                              \
+    _Static_assert(sizeof(name) > 1 && sizeof(name) - 1 <= AB_MAX_NAME,          \
+                   "AB_EXPORT: the name must be a string literal of 1 to 255 "   \
+                   "bytes");                                                     \
+    _Static_assert(AB__NARGS(__VA_ARGS__) - 1 <= AB_MAX_PARAMS,                  \
+                   "AB_EXPORT: at most 16 parameters");                          \
+    _Static_assert(AB__INT_SLOTS(__VA_ARGS__) <= 6,                              \
+                   "AB_EXPORT: at most 6 integer-class C parameters (bool, "     \
+                   "int and str take 1, bytes takes 2)");                        \
+    _Static_assert(AB__FLOAT_SLOTS(__VA_ARGS__) <= 8,                            \
+                   "AB_EXPORT: at most 8 float parameters");                     \
+    _Static_assert(__builtin_types_compatible_p(__typeof__(&(fn)),               \
+                                                AB__FNTYPE(__VA_ARGS__)),        \
+                   "AB_EXPORT: the C signature of " #fn " does not match the "   \
+                   "declared types (see aionub_guest.h for the mapping)");       \
+    static const struct ab_export AB__CAT(ab__export_, __COUNTER__)              \
+        __attribute__((used, section(".ab_exports"), aligned(8))) = {            \
+            (name), (void (*)(void))(fn), AB__FIRST(__VA_ARGS__),                \
+            (uint8_t)(AB__NARGS(__VA_ARGS__) - 1),                               \
+            {AB__PARAM_INIT(__VA_ARGS__)}}
+
+/* ---- calling the host ------------------------------------------------------ */
+
+/* A dynamically typed value for host calls. For AB_STR and AB_BYTES, `buf`
+ * holds the data; `buf.len` does not count the trailing NUL. */
+typedef struct {
+    ab_type type;
+    union {
+        bool b;
+        int64_t i;
+        double f;
+        struct {
+            const void *ptr;
+            size_t len;
+        } buf;
+    };
+} ab_value;
+
+static inline ab_value ab_none(void) { return (ab_value){.type = AB_VOID}; }
+static inline ab_value ab_bool(bool b) { return (ab_value){.type = AB_BOOL, .b = b}; }
+static inline ab_value ab_int(int64_t i) { return (ab_value){.type = AB_INT, .i = i}; }
+static inline ab_value ab_float(double f) { return (ab_value){.type = AB_FLOAT, .f = f}; }
+/* `s` must be NUL-terminated UTF-8; it is not copied. */
+static inline ab_value ab_str(const char *s) {
+    return (ab_value){.type = AB_STR, .buf = {s, strlen(s)}};
+}
+/* `len` bytes of UTF-8 at `s` (no NUL needed); not copied. */
+static inline ab_value ab_strn(const char *s, size_t len) {
+    return (ab_value){.type = AB_STR, .buf = {s, len}};
+}
+static inline ab_value ab_bytes_value(const void *ptr, size_t len) {
+    return (ab_value){.type = AB_BYTES, .buf = {ptr, len}};
+}
+
+/*
+ * Call the host function `name` with `nargs` arguments (at most 16) and wait
+ * for its reply. Only valid while the guest is serving a call.
+ *
+ * Returns 0 and stores the host's return value in *result on success. On an
+ * error (the host function raised, is unknown, or the request could not be
+ * sent) returns -1 and stores an AB_STR error message in *result. STR and
+ * BYTES results (including error messages) are NUL-terminated heap copies
+ * that stay valid until ab_value_free(result).
+ */
+int ab_call_host(const char *name, const ab_value *args, size_t nargs, ab_value *result);
+
+/* Free what ab_call_host allocated for a result (no-op for other types). */
+void ab_value_free(ab_value *v);
+
+/* Call `name(arg)` and return its int (a bool result counts as 0 or 1).
+ * On an error, or if the host returned another type, returns 0 and sets
+ * *err to 1 (when err is not NULL); otherwise sets *err to 0. */
+int64_t ab_call_host_int(const char *name, int64_t arg, int *err);
+
+/* ---- logging and aborting ---------------------------------------------------- */
+
+#define AB_LOG_DEBUG 10
+#define AB_LOG_INFO 20
+#define AB_LOG_WARNING 30
+#define AB_LOG_ERROR 40
+
+/* Send a log record to the host (printf-style). Messages longer than the
+ * output buffer are truncated; invalid UTF-8 bytes are replaced by '?'. */
+void ab_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void ab_vlog(int level, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
+
+/* Abort the guest: the host raises GuestAborted(code, message) and never
+ * resumes this sandbox (until it is restored from a snapshot). */
+_Noreturn void ab_abort(int64_t code, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3), cold));
+_Noreturn void ab_vabort(int64_t code, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0), cold));
+
+/* ---- implementation details of AB_EXPORT ------------------------------------ */
+
+#define AB__CAT(a, b) AB__CAT_(a, b)
+#define AB__CAT_(a, b) a##b
+#define AB__FIRST(x, ...) x
+#define AB__COMMA() ,
+#define AB__NOSEP()
+#define AB__MAP(M, S, ...) AB__CAT(AB__MAP_, AB__NARGS(__VA_ARGS__))(M, S, __VA_ARGS__)
+
+/* C parameter type(s) for each parameter tag. */
+#define AB__CT(t) AB__CT_##t
+#define AB__CT_AB_BOOL bool
+#define AB__CT_AB_INT int64_t
+#define AB__CT_AB_FLOAT double
+#define AB__CT_AB_STR const char *
+#define AB__CT_AB_BYTES const uint8_t *, size_t
+#define AB__CT_AB_VOID ab_error_AB_VOID_is_only_valid_as_a_return_type
+/* C return type for each return tag. */
+#define AB__RT(t) AB__RT_##t
+#define AB__RT_AB_VOID void
+#define AB__RT_AB_BOOL bool
+#define AB__RT_AB_INT int64_t
+#define AB__RT_AB_FLOAT double
+#define AB__RT_AB_STR const char *
+#define AB__RT_AB_BYTES ab_bytes
+/* Register slots taken by each parameter tag. */
+#define AB__IS(t) +AB__IS_##t
+#define AB__IS_AB_BOOL 1
+#define AB__IS_AB_INT 1
+#define AB__IS_AB_FLOAT 0
+#define AB__IS_AB_STR 1
+#define AB__IS_AB_BYTES 2
+#define AB__IS_AB_VOID 0
+#define AB__FS(t) +AB__FS_##t
+#define AB__FS_AB_BOOL 0
+#define AB__FS_AB_INT 0
+#define AB__FS_AB_FLOAT 1
+#define AB__FS_AB_STR 0
+#define AB__FS_AB_BYTES 0
+#define AB__FS_AB_VOID 0
+#define AB__TAG(t) t
+
+#define AB__INT_SLOTS(...) (0 AB__MAP(AB__IS, AB__NOSEP, __VA_ARGS__))
+#define AB__FLOAT_SLOTS(...) (0 AB__MAP(AB__FS, AB__NOSEP, __VA_ARGS__))
+/* Dispatch on whether any parameter follows the return type: _N or _P. */
+#define AB__IFP(prefix, ...) AB__CAT(prefix, AB__HASP(__VA_ARGS__))
+#define AB__PARAM_INIT(...) AB__IFP(AB__PI_, __VA_ARGS__)(__VA_ARGS__)
+#define AB__PI_N(r) 0
+#define AB__PI_P(r, ...) AB__MAP(AB__TAG, AB__COMMA, r, __VA_ARGS__)
+/* The expected function pointer type: RET (*)(PARAMS) or RET (*)(void). */
+#define AB__FNTYPE(...)                                                          \
+    AB__CAT(AB__RT_, AB__FIRST(__VA_ARGS__))                                     \
+    (*)(AB__IFP(AB__PL_, __VA_ARGS__)(__VA_ARGS__))
+#define AB__PL_N(r) void
+#define AB__PL_P(r, ...) AB__MAP(AB__CT, AB__COMMA, r, __VA_ARGS__)
+
+/* Argument counting and a map over the parameter tags (skipping the first
+ * argument, the return type), for up to 16 parameters. */
+#define AB__NARGS(...) AB__NARGS_(__VA_ARGS__, 20, 19, 18, 17, 16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0)
+#define AB__HASP(...) AB__NARGS_(__VA_ARGS__, P, P, P, P, P, P, P, P, P, P, P, P, P, P, P, P, P, P, P, N, 0)
+#define AB__NARGS_(_1, _2, _3, _4, _5, _6, _7, _8, _9, _10, _11, _12, _13, _14, _15, _16, _17, _18, _19, _20, n, ...) n
+#define AB__MAP_1(M, S, r)
+#define AB__MAP_2(M, S, r, _1) M(_1)
+#define AB__MAP_3(M, S, r, _1, _2) M(_1) S() M(_2)
+#define AB__MAP_4(M, S, r, _1, _2, _3) M(_1) S() M(_2) S() M(_3)
+#define AB__MAP_5(M, S, r, _1, _2, _3, _4) M(_1) S() M(_2) S() M(_3) S() M(_4)
+#define AB__MAP_6(M, S, r, _1, _2, _3, _4, _5) M(_1) S() M(_2) S() M(_3) S() M(_4) S() M(_5)
+#define AB__MAP_7(M, S, r, _1, _2, _3, _4, _5, _6) \
+    M(_1) S() M(_2) S() M(_3) S() M(_4) S() M(_5) S() M(_6)
+#define AB__MAP_8(M, S, r, _1, _2, _3, _4, _5, _6, _7) \
+    M(_1) S() M(_2) S() M(_3) S() M(_4) S() M(_5) S() M(_6) S() M(_7)
+#define AB__MAP_9(M, S, r, _1, _2, _3, _4, _5, _6, _7, _8) \
+    M(_1) S() M(_2) S() M(_3) S() M(_4) S() M(_5) S() M(_6) S() M(_7) S() \
+    M(_8)
+#define AB__MAP_10(M, S, r, _1, _2, _3, _4, _5, _6, _7, _8, _9) \
+    M(_1) S() M(_2) S() M(_3) S() M(_4) S() M(_5) S() M(_6) S() M(_7) S() \
+    M(_8) S() M(_9)
+#define AB__MAP_11(M, S, r, _1, _2, _3, _4, _5, _6, _7, _8, _9, _10) \
+    M(_1) S() M(_2) S() M(_3) S() M(_4) S() M(_5) S() M(_6) S() M(_7) S() \
+    M(_8) S() M(_9) S() M(_10)
+#define AB__MAP_12(M, S, r, _1, _2, _3, _4, _5, _6, _7, _8, _9, _10, _11) \
+    M(_1) S() M(_2) S() M(_3) S() M(_4) S() M(_5) S() M(_6) S() M(_7) S() \
+    M(_8) S() M(_9) S() M(_10) S() M(_11)
+#define AB__MAP_13(M, S, r, _1, _2, _3, _4, _5, _6, _7, _8, _9, _10, _11, _12) \
+    M(_1) S() M(_2) S() M(_3) S() M(_4) S() M(_5) S() M(_6) S() M(_7) S() \
+    M(_8) S() M(_9) S() M(_10) S() M(_11) S() M(_12)
+#define AB__MAP_14(M, S, r, _1, _2, _3, _4, _5, _6, _7, _8, _9, _10, _11, _12, _13) \
+    M(_1) S() M(_2) S() M(_3) S() M(_4) S() M(_5) S() M(_6) S() M(_7) S() \
+    M(_8) S() M(_9) S() M(_10) S() M(_11) S() M(_12) S() M(_13)
+#define AB__MAP_15(M, S, r, _1, _2, _3, _4, _5, _6, _7, _8, _9, _10, _11, _12, _13, _14) \
+    M(_1) S() M(_2) S() M(_3) S() M(_4) S() M(_5) S() M(_6) S() M(_7) S() \
+    M(_8) S() M(_9) S() M(_10) S() M(_11) S() M(_12) S() M(_13) S() M(_14)
+#define AB__MAP_16(M, S, r, _1, _2, _3, _4, _5, _6, _7, _8, _9, _10, _11, _12, _13, _14, _15) \
+    M(_1) S() M(_2) S() M(_3) S() M(_4) S() M(_5) S() M(_6) S() M(_7) S() \
+    M(_8) S() M(_9) S() M(_10) S() M(_11) S() M(_12) S() M(_13) S() \
+    M(_14) S() M(_15)
+#define AB__MAP_17(M, S, r, _1, _2, _3, _4, _5, _6, _7, _8, _9, _10, _11, _12, _13, _14, _15, _16) \
+    M(_1) S() M(_2) S() M(_3) S() M(_4) S() M(_5) S() M(_6) S() M(_7) S() \
+    M(_8) S() M(_9) S() M(_10) S() M(_11) S() M(_12) S() M(_13) S() \
+    M(_14) S() M(_15) S() M(_16)
+
+#endif /* AIONUB_GUEST_H */

@@ -1,0 +1,121 @@
+/*
+ * aionub guest runtime: private declarations shared by the runtime sources.
+ * Everything here is prefixed ab__ and is not part of the guest API.
+ */
+#ifndef AB_RUNTIME_INTERNAL_H
+#define AB_RUNTIME_INTERNAL_H
+
+#include <aionub_guest.h>
+
+/* One hypercall: `out port, eax` with eax = bytes written at the start of the
+ * output buffer. The "memory" clobber orders the buffer writes before the exit
+ * and makes the compiler re-read memory the host wrote while we were stopped. */
+#define AB__OUT(port, nbytes) \
+    __asm__ volatile("outl %0, %1" : : "a"((uint32_t)(nbytes)), "N"(port) : "memory")
+
+/* The buffers from the boot info, copied once at start-up. */
+extern uint8_t *ab__in;
+extern size_t ab__in_size;
+extern uint8_t *ab__out;
+extern size_t ab__out_size;
+/* True while a guest call is being served (host calls are allowed). */
+extern bool ab__in_call;
+
+/* ---- encoding into the output buffer ------------------------------------- */
+
+typedef struct {
+    uint8_t *buf;
+    size_t cap;
+    size_t len;
+    bool full; /* something did not fit; len stops growing */
+} ab__writer;
+
+static inline void ab__put(ab__writer *w, const void *p, size_t n) {
+    if (w->full || n > w->cap - w->len) {
+        w->full = true;
+        return;
+    }
+    memmove(w->buf + w->len, p, n);
+    w->len += n;
+}
+static inline void ab__put_u8(ab__writer *w, uint8_t v) { ab__put(w, &v, 1); }
+static inline void ab__put_u32(ab__writer *w, uint32_t v) { ab__put(w, &v, 4); }
+static inline void ab__put_u64(ab__writer *w, uint64_t v) { ab__put(w, &v, 8); }
+/* string / str / bytes payload: len:u32, bytes, NUL */
+static inline void ab__put_lstr(ab__writer *w, const void *p, size_t n) {
+    if (n > UINT32_MAX) {
+        w->full = true;
+        return;
+    }
+    ab__put_u32(w, (uint32_t)n);
+    ab__put(w, p, n);
+    ab__put_u8(w, 0);
+}
+
+/* ---- decoding from a buffer the host wrote --------------------------------- */
+
+typedef struct {
+    const uint8_t *buf;
+    size_t size;
+    size_t pos;
+    bool bad; /* truncated or malformed; every later read yields zero */
+} ab__reader;
+
+static inline bool ab__get(ab__reader *r, void *p, size_t n) {
+    if (r->bad || n > r->size - r->pos) {
+        r->bad = true;
+        memset(p, 0, n);
+        return false;
+    }
+    memcpy(p, r->buf + r->pos, n);
+    r->pos += n;
+    return true;
+}
+static inline uint8_t ab__get_u8(ab__reader *r) {
+    uint8_t v;
+    ab__get(r, &v, 1);
+    return v;
+}
+static inline uint32_t ab__get_u32(ab__reader *r) {
+    uint32_t v;
+    ab__get(r, &v, 4);
+    return v;
+}
+static inline uint64_t ab__get_u64(ab__reader *r) {
+    uint64_t v;
+    ab__get(r, &v, 8);
+    return v;
+}
+/* len:u32, bytes, NUL. Points into the buffer (no copy); checks the NUL. */
+static inline bool ab__get_lstr(ab__reader *r, const uint8_t **p, uint32_t *n) {
+    uint32_t len = ab__get_u32(r);
+    if (r->bad || (size_t)len >= r->size - r->pos || r->buf[r->pos + len] != 0) {
+        r->bad = true;
+        *p = NULL;
+        *n = 0;
+        return false;
+    }
+    *p = r->buf + r->pos;
+    *n = len;
+    r->pos += (size_t)len + 1;
+    return true;
+}
+
+/* ---- helpers implemented in the runtime ------------------------------------ */
+
+/* Writes len:u32, a formatted message and its NUL at ab__out + offset, cutting
+ * the message to fit (on a UTF-8 character boundary) and replacing invalid
+ * UTF-8 by '?'. Returns the record size (offset + 4 + len + 1), or 0 when the
+ * output buffer cannot even hold an empty message. */
+size_t ab__put_message(size_t offset, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
+size_t ab__put_messagef(size_t offset, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Length of the longest valid UTF-8 prefix of s[0..n). */
+size_t ab__utf8_valid_prefix(const uint8_t *s, size_t n);
+
+void ab__heap_init(void *base, size_t size);
+
+/* Python's name for a tag, for error messages. */
+const char *ab__type_name(unsigned tag);
+
+#endif
