@@ -227,3 +227,49 @@ void *realloc(void *p, size_t n) {
     }
     return p;
 }
+
+#ifdef AB_HEAP_CHECK
+/* Walks the whole heap and the bins and aborts on any inconsistency; returns
+ * the number of bytes in free chunks. For the runtime's native tests. */
+size_t ab__heap_check(void);
+size_t ab__heap_check(void) {
+    if (!heap_end)
+        return 0;
+    size_t free_bytes = 0, free_chunks = 0;
+    bool prev_inuse = true;
+    chunk *c = (chunk *)heap_lo;
+    while ((uintptr_t)c < heap_end) {
+        size_t s = csize(c);
+        if (s < MIN_CHUNK || (s & 15) || s > heap_end - (uintptr_t)c)
+            ab_abort(-1, "heap check: bad size %zu at %p", s, (void *)c);
+        if (!!(c->head & PINUSE) != prev_inuse)
+            ab_abort(-1, "heap check: PINUSE wrong at %p", (void *)c);
+        bool inuse = c->head & CINUSE;
+        if (!inuse) {
+            if (!prev_inuse)
+                ab_abort(-1, "heap check: two adjacent free chunks at %p", (void *)c);
+            if (*(size_t *)((char *)c + s - 8) != s)
+                ab_abort(-1, "heap check: bad footer at %p", (void *)c);
+            free_bytes += s;
+            free_chunks++;
+        }
+        prev_inuse = inuse;
+        c = at(c, s);
+    }
+    if ((uintptr_t)c != heap_end || !(c->head & CINUSE) || !!(c->head & PINUSE) != prev_inuse)
+        ab_abort(-1, "heap check: bad sentinel");
+    size_t binned = 0;
+    for (unsigned i = 0; i < NBINS; i++) {
+        if (!!bins[i] != !!(binmap[i / 64] & (1ull << (i % 64))))
+            ab_abort(-1, "heap check: bitmap wrong for bin %u", i);
+        for (chunk *p = bins[i]; p; p = p->next) {
+            if (p->head & CINUSE || bin_index(csize(p)) != i || (p->next && p->next->prev != p))
+                ab_abort(-1, "heap check: bad free list %u", i);
+            binned++;
+        }
+    }
+    if (binned != free_chunks)
+        ab_abort(-1, "heap check: %zu free chunks but %zu in bins", free_chunks, binned);
+    return free_bytes;
+}
+#endif

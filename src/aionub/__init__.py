@@ -1,0 +1,61 @@
+"""aionub: asyncio-native sandboxes that run untrusted guest functions in KVM
+micro-VMs with no operating system.
+
+    async with aionub.Sandbox.create(aionub.DEMO_GUEST) as sb:
+        assert await sb.call("add", 2, 3) == 5
+        await sb.call("spin", timeout=0.05)   # raises CallTimeout; the vCPU is stopped
+"""
+
+from __future__ import annotations
+
+from ._build import BuildError as BuildError
+from ._build import build_guest as build_guest
+from ._config import SandboxConfig as SandboxConfig
+from ._exceptions import (
+    CallTimeout as CallTimeout,
+    ExecutionCancelled as ExecutionCancelled,
+    GuestAborted as GuestAborted,
+    GuestFault as GuestFault,
+    GuestFunctionNotFound as GuestFunctionNotFound,
+    GuestProtocolError as GuestProtocolError,
+    HostFunctionError as HostFunctionError,
+    InvalidGuest as InvalidGuest,
+    KvmUnavailable as KvmUnavailable,
+    SandboxClosed as SandboxClosed,
+    SandboxError as SandboxError,
+    SandboxPoisoned as SandboxPoisoned,
+    StackOverflow as StackOverflow,
+    VmError as VmError,
+)
+from ._interrupt import InterruptHandle as InterruptHandle
+from ._native import process_stats as process_stats
+from ._paths import DEMO_GUEST as DEMO_GUEST
+from ._sandbox import Sandbox as Sandbox
+from ._wire import GuestFunction as GuestFunction
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "BuildError",
+    "CallTimeout",
+    "DEMO_GUEST",
+    "ExecutionCancelled",
+    "GuestAborted",
+    "GuestFault",
+    "GuestFunction",
+    "GuestFunctionNotFound",
+    "GuestProtocolError",
+    "HostFunctionError",
+    "InterruptHandle",
+    "InvalidGuest",
+    "KvmUnavailable",
+    "Sandbox",
+    "SandboxClosed",
+    "SandboxConfig",
+    "SandboxError",
+    "SandboxPoisoned",
+    "StackOverflow",
+    "VmError",
+    "build_guest",
+    "process_stats",
+)

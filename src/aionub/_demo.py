@@ -1,0 +1,109 @@
+"""The main job: several sandboxes from the demo guest running concurrent
+calls, some CPU-bound, some that time out and are killed; then a summary."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from ._exceptions import CallTimeout, SandboxError
+from ._paths import DEMO_GUEST
+from ._sandbox import Sandbox
+
+__all__ = ("run_demo", "DemoReport")
+
+# (function, argument factory, check of the result, timeout): a mixed load.
+_Job = tuple[str, Callable[[random.Random], tuple[Any, ...]], Callable[[tuple[Any, ...], Any], bool], float | None]
+
+_JOBS: list[tuple[int, _Job]] = [
+    (30, ("noop", lambda r: (), lambda a, v: v is None, None)),
+    (20, ("add", lambda r: (r.randrange(-10**9, 10**9), r.randrange(10**9)), lambda a, v: v == a[0] + a[1], None)),
+    (10, ("mul", lambda r: (r.random(), r.random()), lambda a, v: v == a[0] * a[1], None)),
+    (10, ("echo", lambda r: (r.randbytes(r.randrange(1, 4096)),), lambda a, v: v == a[0], None)),
+    (10, ("upper", lambda r: ("hello, sandbox",), lambda a, v: v == "HELLO, SANDBOX", None)),
+    (8, ("fib", lambda r: (r.randrange(15, 24),), lambda a, v: v == _fib(a[0]), None)),
+    (2, ("spin", lambda r: (), lambda a, v: False, 0.02)),
+]
+
+
+def _fib(n: int) -> int:
+    a, b = 0, 1
+    for _ in range(n):
+        a, b = b, a + b
+    return a
+
+
+@dataclass
+class DemoReport:
+    sandboxes: int
+    duration: float
+    latencies: list[float] = field(default_factory=list)
+    kills: int = 0
+    errors: list[str] = field(default_factory=list)
+    recreated: int = 0
+
+    @property
+    def calls(self) -> int:
+        return len(self.latencies) + self.kills + len(self.errors)
+
+    def render(self) -> str:
+        lat = sorted(self.latencies)
+        p50 = statistics.median(lat) * 1e6 if lat else float("nan")
+        p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e6 if lat else float("nan")
+        lines = [
+            f"aionub demo: {self.sandboxes} sandboxes of {DEMO_GUEST.name}, {self.duration:.1f} s",
+            f"  calls    {self.calls:>8}  ({self.calls / self.duration:,.0f}/s)",
+            f"  latency  p50 {p50:,.0f} µs   p99 {p99:,.0f} µs   (completed calls)",
+            f"  kills    {self.kills:>8}  (spin() stopped at timeout=20 ms; sandbox replaced {self.recreated}x)",
+            f"  errors   {len(self.errors):>8}",
+        ]
+        lines += [f"    {e}" for e in self.errors[:5]]
+        return "\n".join(lines)
+
+
+async def _worker(slot: list[Sandbox], rng: random.Random, deadline: float, report: DemoReport) -> None:
+    weights = [w for w, _ in _JOBS]
+    jobs = [j for _, j in _JOBS]
+    while time.monotonic() < deadline:
+        name, make_args, check, timeout = rng.choices(jobs, weights)[0]
+        args = make_args(rng)
+        start = time.perf_counter()
+        try:
+            value = await slot[0].call(name, *args, timeout=timeout)
+        except CallTimeout:
+            report.kills += 1
+            await slot[0].aclose()
+            slot[0] = await Sandbox.create(DEMO_GUEST)
+            report.recreated += 1
+            continue
+        except SandboxError as exc:
+            report.errors.append(f"{name}: {type(exc).__name__}: {exc}")
+            continue
+        elapsed = time.perf_counter() - start
+        if check(args, value):
+            report.latencies.append(elapsed)
+        else:
+            report.errors.append(f"{name}{args!r:.60} returned a wrong result {value!r:.60}")
+
+
+async def run_demo(sandboxes: int = 4, duration: float = 3.0, seed: int = 1, out: TextIO | None = None) -> DemoReport:
+    report = DemoReport(sandboxes, duration)
+    slots = [[sb] for sb in await asyncio.gather(*(Sandbox.create(DEMO_GUEST) for _ in range(sandboxes)))]
+    try:
+        deadline = time.monotonic() + duration
+        started = time.monotonic()
+        await asyncio.gather(
+            *(_worker(slot, random.Random(seed * 1000 + i), deadline, report) for i, slot in enumerate(slots))
+        )
+        report.duration = time.monotonic() - started
+    finally:
+        for slot in slots:
+            await slot[0].aclose()
+    if out is not None:
+        print(report.render(), file=out)
+    return report

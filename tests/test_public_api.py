@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+import aionub
+from aionub import _abi
+
+pytestmark = pytest.mark.no_kvm
+
+
+def test_public_names() -> None:
+    assert set(aionub.__all__) == {
+        "BuildError", "CallTimeout", "DEMO_GUEST", "ExecutionCancelled", "GuestAborted", "GuestFault",
+        "GuestFunction", "GuestFunctionNotFound", "GuestProtocolError", "HostFunctionError",
+        "InterruptHandle", "InvalidGuest", "KvmUnavailable", "Sandbox", "SandboxClosed", "SandboxConfig",
+        "SandboxError", "SandboxPoisoned", "StackOverflow", "VmError", "build_guest", "process_stats",
+    }
+    for name in aionub.__all__:
+        assert hasattr(aionub, name), name
+
+
+def test_exception_hierarchy() -> None:
+    for name in ("CallTimeout", "ExecutionCancelled", "GuestAborted", "GuestFault", "StackOverflow",
+                 "GuestFunctionNotFound", "HostFunctionError", "SandboxPoisoned", "SandboxClosed",
+                 "InvalidGuest", "KvmUnavailable"):
+        assert issubclass(getattr(aionub, name), aionub.SandboxError), name
+    assert issubclass(aionub.CallTimeout, TimeoutError)
+    assert issubclass(aionub.StackOverflow, aionub.GuestFault)
+
+
+def test_demo_guest_is_installed() -> None:
+    assert Path(aionub.DEMO_GUEST).is_file()
+    assert Path(aionub.DEMO_GUEST).read_bytes()[:4] == b"\x7fELF"
+
+
+def test_python_abi_constants_match_the_header() -> None:
+    header = (Path(__file__).resolve().parents[1] / "native" / "include" / "aionub" / "abi.h").read_text()
+    defines = dict(re.findall(r"#define AB_(\w+)\s+(\w+)", header))
+    for name in ("TAG_NONE", "TAG_BOOL", "TAG_INT", "TAG_FLOAT", "TAG_STR", "TAG_BYTES", "STATUS_OK",
+                 "STATUS_NOT_FOUND", "STATUS_BAD_ARGS", "REPLY_OK", "REPLY_ERROR", "MAX_PARAMS", "MAX_NAME"):
+        assert int(defines[name], 0) == getattr(_abi, name), name
