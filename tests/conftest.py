@@ -26,6 +26,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "kvm: needs /dev/kvm")
+    config.addinivalue_line("markers", "no_kvm: runs without /dev/kvm")
 
 
 @pytest.fixture(

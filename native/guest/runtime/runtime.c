@@ -264,20 +264,24 @@ static size_t dispatch(void) {
     }
 
     ab__writer w = {ab__out, ab__out_size, 0, false};
-    ab__put_u8(&w, AB_STATUS_OK);
+    /* The status goes in only after the call returns: the function may log
+     * or call the host, which reuses the output buffer. */
     switch (e->ret) {
     case AB_TAG_NONE:
         ((fn_void)e->fn)(AB__ARGS(iv, fv));
+        ab__put_u8(&w, AB_STATUS_OK);
         ab__put_u8(&w, AB_TAG_NONE);
         break;
     case AB_TAG_BOOL: {
         bool b = ((fn_bool)e->fn)(AB__ARGS(iv, fv));
+        ab__put_u8(&w, AB_STATUS_OK);
         ab__put_u8(&w, AB_TAG_BOOL);
         ab__put_u8(&w, b ? 1 : 0);
         break;
     }
     case AB_TAG_INT: {
         int64_t v = ((fn_int)e->fn)(AB__ARGS(iv, fv));
+        ab__put_u8(&w, AB_STATUS_OK);
         ab__put_u8(&w, AB_TAG_INT);
         ab__put_u64(&w, (uint64_t)v);
         break;
@@ -286,6 +290,7 @@ static size_t dispatch(void) {
         double v = ((fn_float)e->fn)(AB__ARGS(iv, fv));
         uint64_t bits;
         memcpy(&bits, &v, 8);
+        ab__put_u8(&w, AB_STATUS_OK);
         ab__put_u8(&w, AB_TAG_FLOAT);
         ab__put_u64(&w, bits);
         break;
@@ -298,6 +303,7 @@ static size_t dispatch(void) {
         if (ab__utf8_valid_prefix((const uint8_t *)s, len) != len)
             ab_abort(-1, "%s() returned a str that is not valid UTF-8 (at byte %zu)", e->name,
                      ab__utf8_valid_prefix((const uint8_t *)s, len));
+        ab__put_u8(&w, AB_STATUS_OK);
         ab__put_u8(&w, AB_TAG_STR);
         ab__put_lstr(&w, s, len);
         if (w.full)
@@ -309,6 +315,7 @@ static size_t dispatch(void) {
         if (!b.data && b.len)
             ab_abort(-1, "%s() returned bytes with a NULL pointer and length %zu", e->name,
                      b.len);
+        ab__put_u8(&w, AB_STATUS_OK);
         ab__put_u8(&w, AB_TAG_BYTES);
         ab__put_lstr(&w, b.data, b.len);
         if (w.full)
