@@ -95,6 +95,9 @@ static inline size_t request_size(size_t n) {
 void ab__heap_init(void *base, size_t size) {
     uintptr_t lo = ((uintptr_t)base + 15) & ~(uintptr_t)15;
     uintptr_t hi = ((uintptr_t)base + size) & ~(uintptr_t)15;
+    memset(bins, 0, sizeof bins);
+    memset(binmap, 0, sizeof binmap);
+    heap_lo = heap_end = 0;
     if (!base || hi < lo || hi - lo < 16 + MIN_CHUNK)
         return; /* no heap: malloc always returns NULL */
     chunk *first = (chunk *)(lo + 8);

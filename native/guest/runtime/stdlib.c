@@ -4,9 +4,9 @@
 #include <ctype.h>
 #include <limits.h>
 
-/* Parses an unsigned magnitude; *neg gets the sign, *overflow whether it
+/* Parses an unsigned magnitude; *neg gets the sign, *over whether it
  * exceeded `limit`. Returns the magnitude clamped to limit. */
-static unsigned long long parse(const char *s, char **end, int base, bool *neg,
+static unsigned long long parse(const char *s, char **end, int base, bool *neg, bool *over,
                                 unsigned long long limit) {
     const char *p = s;
     *neg = false;
@@ -27,7 +27,8 @@ static unsigned long long parse(const char *s, char **end, int base, bool *neg,
         return 0;
     }
     unsigned long long v = 0;
-    bool any = false, over = false;
+    bool any = false;
+    *over = false;
     for (;; p++) {
         unsigned d;
         if (isdigit((unsigned char)*p))
@@ -40,18 +41,20 @@ static unsigned long long parse(const char *s, char **end, int base, bool *neg,
             break;
         any = true;
         if (v > (limit - d) / (unsigned)base)
-            over = true;
+            *over = true;
         else
             v = v * (unsigned)base + d;
     }
     if (end)
         *end = (char *)(any ? p : s);
-    return over ? limit : v;
+    return *over ? limit : v;
 }
 
 unsigned long long strtoull(const char *restrict s, char **restrict end, int base) {
-    bool neg;
-    unsigned long long v = parse(s, end, base, &neg, ULLONG_MAX);
+    bool neg, over;
+    unsigned long long v = parse(s, end, base, &neg, &over, ULLONG_MAX);
+    if (over)
+        return ULLONG_MAX;
     return neg ? -v : v;
 }
 
@@ -60,9 +63,9 @@ unsigned long strtoul(const char *restrict s, char **restrict end, int base) {
 }
 
 long long strtoll(const char *restrict s, char **restrict end, int base) {
-    bool neg;
+    bool neg, over;
     /* allow one more for the magnitude of LLONG_MIN */
-    unsigned long long v = parse(s, end, base, &neg, (unsigned long long)LLONG_MAX + 1);
+    unsigned long long v = parse(s, end, base, &neg, &over, (unsigned long long)LLONG_MAX + 1);
     if (neg)
         return v == (unsigned long long)LLONG_MAX + 1 ? LLONG_MIN : -(long long)v;
     return v > (unsigned long long)LLONG_MAX ? LLONG_MAX : (long long)v;
