@@ -120,11 +120,21 @@ class SdkLayout:
         )
 
     def files(self) -> dict[str, Path]:
-        """Every SDK file, keyed by its path relative to an installed ``_sdk/``."""
+        """Every SDK file, keyed by its path relative to an installed ``_sdk/``:
+        the headers of the first include directory, ``aionub/abi.h`` from
+        whichever include directory has it (in the source tree,
+        ``native/include`` also holds host-only headers, which are left out),
+        the runtime sources and the linker script."""
         out: dict[str, Path] = {}
+        if self.include_dirs:
+            first = self.include_dirs[0]
+            for p in sorted(first.rglob("*.h")):
+                out[f"include/{p.relative_to(first).as_posix()}"] = p
         for inc in self.include_dirs:
-            for p in sorted(inc.rglob("*.h")):
-                out.setdefault(f"include/{p.relative_to(inc).as_posix()}", p)
+            abi = inc / "aionub" / "abi.h"
+            if abi.is_file():
+                out.setdefault("include/aionub/abi.h", abi)
+                break
         for p in sorted(self.runtime_dir.iterdir()):
             if p.is_file() and p.suffix in (".c", ".S", ".h"):
                 out[f"runtime/{p.name}"] = p
@@ -251,10 +261,15 @@ def build_guest(
     includes = [Path(d) for d in include_dirs] + list(layout.include_dirs)
     cmd = [*compiler, *GUEST_CFLAGS]
     cc_include = _compiler_include_dir(compiler)
+    if cc_include is None:
+        raise BuildError(
+            f"cannot find the C compiler's own headers (stddef.h): "
+            f"`{shlex.join([*compiler, '-print-file-name=include'])}` did not name a "
+            f"directory that has them; use gcc or clang"
+        )
     for inc in includes:
         cmd += ["-I", os.fspath(inc)]
-    if cc_include is not None:
-        cmd += ["-isystem", os.fspath(cc_include)]
+    cmd += ["-isystem", os.fspath(cc_include)]
     cmd += list(cflags)
 
     out = Path(output)
@@ -263,13 +278,14 @@ def build_guest(
     try:
         tmp_out = Path(tmp_dir) / out.name
         cmd += [os.fspath(p) for p in srcs + layout.runtime_sources()]
-        cmd += ["-o", os.fspath(tmp_out), *GUEST_LDFLAGS, f"-Wl,-T,{layout.linker_script}"]
-        cmd += ["-lgcc"]
+        cmd += ["-o", os.fspath(tmp_out), *GUEST_LDFLAGS, "-T", os.fspath(layout.linker_script)]
+        cmd += ["-lgcc"]  # compiler support routines (128-bit division and the like)
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         except OSError as exc:
-            raise BuildError(f"could not run the C compiler {compiler[0]!r}: {exc}",
-                             command=cmd) from exc
+            raise BuildError(
+                f"could not run the C compiler {compiler[0]!r}: {exc}", command=cmd
+            ) from exc
         if proc.returncode != 0:
             raise BuildError(
                 f"guest build failed (exit status {proc.returncode}):\n"

@@ -185,8 +185,8 @@ static size_t not_found(const uint8_t *name, uint32_t len) {
 }
 
 _Noreturn static void result_too_large(const struct ab_export *e, size_t len) {
-    ab_abort(-1, "%s() returned a %s of %zu bytes, which does not fit in the output buffer "
-                 "(%zu bytes)", e->name, ab__type_name(e->ret), len, ab__out_size);
+    ab_abort(-1, "%s() result (%s of %zu bytes) does not fit in the output buffer (%zu bytes)",
+             e->name, ab__type_name(e->ret), len, ab__out_size);
 }
 
 static size_t dispatch(void) {
