@@ -39,6 +39,7 @@ GUEST_CFLAGS: tuple[str, ...] = (
     "-std=gnu11",
     "-O2",
     "-Wall",
+    "-Werror=implicit-function-declaration",  # there is no libc beyond the SDK's headers
     "-ffreestanding",  # no hosted libc; the SDK's string.h restores builtins
     "-nostdinc",  # only the SDK's headers and the compiler's own (added below)
     "-fno-pic",
