@@ -487,6 +487,11 @@ static void test_messages(void) {
     t_ab_log(20, "x=%d", 5);
     CHECK(last_port == 0xE3 && last_n == 9 && out[0] == 20 && !memcmp(out + 5, "x=5", 4),
           "log record");
+    static const int levels[][2] = {{-5, 10}, {0, 10}, {15, 10}, {25, 20}, {30, 30}, {99, 40}};
+    for (int i = 0; i < 6; i++) {
+        t_ab_log(levels[i][0], "x");
+        CHECK(out[0] == levels[i][1], "level %d sent as %d", levels[i][0], out[0]);
+    }
 
     /* host calls */
     static uint8_t big[4096];

@@ -180,8 +180,10 @@ int64_t ab_call_host_int(const char *name, int64_t arg, int *err);
 #define AB_LOG_WARNING 30
 #define AB_LOG_ERROR 40
 
-/* Send a log record to the host (printf-style). Messages longer than the
- * output buffer are truncated; invalid UTF-8 bytes are replaced by '?'. */
+/* Send a log record to the host (printf-style). Other levels are rounded
+ * down to one of these four (anything below DEBUG becomes DEBUG). Messages
+ * longer than the output buffer are truncated; invalid UTF-8 bytes are
+ * replaced by '?'. */
 void ab_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void ab_vlog(int level, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
 

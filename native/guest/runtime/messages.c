@@ -97,7 +97,11 @@ size_t ab__put_messagef(size_t offset, const char *fmt, ...) {
 void ab_vlog(int level, const char *fmt, va_list ap) {
     if (ab__out_size < 6)
         return;
-    ab__out[0] = (uint8_t)(level < 0 ? 0 : level > 255 ? 255 : level);
+    /* The wire knows four levels; round anything else down to one of them. */
+    ab__out[0] = level >= AB_LOG_ERROR     ? AB_LOG_ERROR
+                 : level >= AB_LOG_WARNING ? AB_LOG_WARNING
+                 : level >= AB_LOG_INFO    ? AB_LOG_INFO
+                                           : AB_LOG_DEBUG;
     size_t n = ab__put_message(1, fmt, ap);
     AB__OUT(AB_PORT_LOG, n);
 }
