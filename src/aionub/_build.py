@@ -47,6 +47,7 @@ GUEST_CFLAGS: tuple[str, ...] = (
     "-fno-stack-protector",  # it needs a TLS canary (FS base), which guests lack
     "-fstack-clash-protection",  # big frames probe each page: overflow hits the guard
     "-fcf-protection=none",
+    "-fno-math-errno",  # no errno: __builtin_sqrt and friends compile to instructions
     "-fno-asynchronous-unwind-tables",
     "-fno-unwind-tables",
     "-ffunction-sections",
