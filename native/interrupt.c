@@ -132,8 +132,22 @@ void interrupt_set_dropped(struct ab_interrupt *ih)
 
 /* ---- any thread's side ------------------------------------------------------- */
 
+static uint64_t now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
+}
+
 /* One kick: if the vCPU is running with CANCEL set, set immediate_exit and
- * signal its thread. Returns whether a signal was sent. */
+ * signal its thread. Returns whether a signal was sent.
+ *
+ * Real-time signals queue rather than coalesce, and in a nested VM each
+ * delivery is expensive: a caller kicking in a tight loop could bury the
+ * vCPU thread in pending signals. So while the previous kick is
+ * unconsumed (immediate_exit still 1: the thread has not yet returned from
+ * KVM_RUN with EINTR, and will) a new signal goes out only once
+ * retry_delay has passed since the last one. */
 int ab_interrupt_kick(ab_interrupt *ih)
 {
     int sent = 0;
@@ -144,12 +158,18 @@ int ab_interrupt_kick(ab_interrupt *ih)
         (state & (AB_CANCEL_BIT | AB_DEBUG_INTERRUPT_BIT))) {
         /* SAFETY: run stays mapped while !dropped; dropped is set under
          * kick_lock before the vCPU thread is joined and run unmapped. */
-        atomic_store_explicit((_Atomic uint8_t *)&ih->run->immediate_exit, 1,
-                              memory_order_release);
+        _Atomic uint8_t *immediate_exit =
+            (_Atomic uint8_t *)&ih->run->immediate_exit;
+        uint64_t now = now_ns();
+        bool unconsumed = atomic_exchange_explicit(immediate_exit, 1,
+                                                   memory_order_acq_rel);
         /* Acquire: pairs with the Release in interrupt_set_tid(). */
         pthread_t tid =
             (pthread_t)atomic_load_explicit(&ih->tid, memory_order_acquire);
-        if (pthread_kill(tid, ih->signo) == 0) {
+        if (unconsumed && now - ih->last_signal_ns < ih->retry_delay_ns) {
+            /* the previous signal is still on its way */
+        } else if (pthread_kill(tid, ih->signo) == 0) {
+            ih->last_signal_ns = now;
             sent = 1;
             atomic_fetch_add_explicit(ih->signals_sent, 1,
                                       memory_order_relaxed);

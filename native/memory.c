@@ -85,6 +85,16 @@ int memory_check_config(const struct ab_config *cfg, char *errbuf,
                            fields[i].name, (unsigned long long)PAGE,
                            (unsigned long long)fields[i].value);
     }
+    uint64_t reserved = cfg->input_size + cfg->output_size + MIN_HEAP + PAGE +
+                        cfg->stack_size;
+    if (cfg->memory_size < AB_IMAGE_BASE + reserved + PAGE)
+        return ab_fail(errbuf, errlen, EINVAL,
+                       "config: memory_size %llu is too small for %llu bytes "
+                       "of buffers, stack and minimum heap above the image "
+                       "base 0x%llx",
+                       (unsigned long long)cfg->memory_size,
+                       (unsigned long long)reserved,
+                       (unsigned long long)AB_IMAGE_BASE);
     if (cfg->sig_rt_min_offset > 31)
         return ab_fail(errbuf, errlen, EINVAL,
                        "config: sig_rt_min_offset must be at most 31, got %u",
@@ -95,10 +105,9 @@ int memory_check_config(const struct ab_config *cfg, char *errbuf,
 /* Highest address a guest image may occupy under this config. */
 uint64_t memory_image_limit(const struct ab_config *cfg)
 {
-    uint64_t reserved = cfg->input_size + cfg->output_size + MIN_HEAP + PAGE +
-                        cfg->stack_size;
-    return reserved >= cfg->memory_size ? AB_IMAGE_BASE
-                                        : cfg->memory_size - reserved;
+    /* memory_check_config() guarantees this stays above AB_IMAGE_BASE. */
+    return cfg->memory_size - (cfg->input_size + cfg->output_size + MIN_HEAP +
+                               PAGE + cfg->stack_size);
 }
 
 /* ---- page tables -------------------------------------------------------- */

@@ -130,6 +130,13 @@ static int submit(struct ab_sandbox *sb, uint32_t cmd, int notify_fd)
         return -EBUSY;
     /* Relaxed: ordered before the command by send_command()'s seq_cst. */
     atomic_store_explicit(&sb->notify_fd, notify_fd, memory_order_relaxed);
+    /* [T1] CANCEL is per call: a kill() aimed at an earlier call must not
+     * affect this one. It is cleared here, on the submitting thread, and not
+     * when the vCPU thread picks the command up: a cancellation that
+     * arrives after submit() but before the vCPU thread runs must stop
+     * this call, not be wiped out by it. */
+    if (cmd == AB_CMD_CALL)
+        interrupt_clear_cancel(sb->ih);
     send_command(sb, cmd);
     return 0;
 }

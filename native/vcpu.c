@@ -4,8 +4,8 @@
  *   Python (event loop thread)            vCPU thread
  *   ──────────────────────────            ───────────
  *   write input buffer
- *   submit(CALL): cmd = CALL, FUTEX_WAKE ─▶ wait_command() returns CALL
- *                                           [T1] clear CANCEL (CALL only)
+ *   submit(CALL): [T1] clear CANCEL
+ *                 cmd = CALL, FUTEX_WAKE ─▶ wait_command() returns CALL
  *                                           loop:
  *                                             [T2] set RUNNING; CANCEL? → CANCELLED
  *                                             [T3] KVM_RUN ... guest runs
@@ -270,6 +270,7 @@ void *vcpu_thread_main(void *arg)
     sigfillset(&set);
     sigdelset(&set, sb->ih->signo);
     pthread_sigmask(SIG_SETMASK, &set, NULL);
+    pthread_setname_np(pthread_self(), "aionub-vcpu");
     /* The thread owns the vCPU for the sandbox's whole life. */
     interrupt_set_tid(sb->ih);
 
@@ -287,9 +288,6 @@ void *vcpu_thread_main(void *arg)
             }
         } else if (cmd == AB_CMD_CALL) {
             AB_COUNT(sb, calls);
-            /* [T1] CANCEL is per call: a kill() aimed at an earlier call
-             * must not affect this one. */
-            interrupt_clear_cancel(sb->ih);
         }
         if (!sb->run) { /* creation failed; nothing to run */
             event_vm_error(&sb->event, 0, ENODEV, 0, "the VM does not exist");

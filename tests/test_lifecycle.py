@@ -16,7 +16,15 @@ pytestmark = pytest.mark.anyio
 
 
 def count_threads() -> int:
-    return len(os.listdir("/proc/self/task"))
+    """vCPU threads of this process (the C core names them)."""
+    count = 0
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                count += f.read().strip() == "aionub-vcpu"
+        except FileNotFoundError:
+            pass  # the thread exited meanwhile
+    return count
 
 
 def open_fds() -> set[str]:

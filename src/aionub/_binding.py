@@ -104,6 +104,10 @@ class AsyncioBinding:
         return self.kind
 
     def _schedule_rekick(self, ih: Any, delay: float) -> None:
+        # Some loops (uvloop) round timers to whole milliseconds: a shorter
+        # delay would turn into a busy loop of kicks.
+        delay = max(delay, 0.001)
+
         def rekick() -> None:
             if self.kind:
                 self._rekick = None

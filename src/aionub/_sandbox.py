@@ -9,7 +9,7 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Awaitable, Callable, Generator, Mapping
+from collections.abc import Callable, Coroutine, Generator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -106,20 +106,40 @@ def _check_timeout(timeout: object) -> float | None:
     return float(timeout)
 
 
-class _Creation:
-    """What ``Sandbox.create()`` returns: await it for a sandbox, or use it
-    as ``async with`` to close the sandbox on exit."""
+class _Creation(Coroutine[Any, Any, "Sandbox"]):
+    """What ``Sandbox.create()`` returns: a coroutine (await it, or hand it to
+    ``asyncio.run`` / ``create_task``) that is also an async context manager
+    closing the sandbox on exit. The underlying coroutine starts lazily, so
+    using only ``async with`` leaves no never-awaited coroutine behind."""
 
-    __slots__ = ("_factory", "_sandbox")
+    __slots__ = ("_factory", "_coro", "_sandbox")
 
-    def __init__(self, factory: Callable[[], Awaitable[Sandbox]]) -> None:
+    def __init__(self, factory: Callable[[], Coroutine[Any, Any, Sandbox]]) -> None:
         self._factory = factory
+        self._coro: Coroutine[Any, Any, Sandbox] | None = None
         self._sandbox: Sandbox | None = None
 
+    def _inner(self) -> Coroutine[Any, Any, Sandbox]:
+        if self._coro is None:
+            self._coro = self._factory()
+        return self._coro
+
     def __await__(self) -> Generator[Any, None, Sandbox]:
-        return self._factory().__await__()
+        return self._inner().__await__()
+
+    def send(self, value: Any) -> Any:
+        return self._inner().send(value)
+
+    def throw(self, *args: Any) -> Any:
+        return self._inner().throw(*args)
+
+    def close(self) -> None:
+        if self._coro is not None:
+            self._coro.close()
 
     async def __aenter__(self) -> Sandbox:
+        if self._coro is not None:
+            raise RuntimeError("Sandbox.create() was already awaited; use 'async with' on the sandbox")
         self._sandbox = await self._factory()
         return self._sandbox
 
@@ -204,6 +224,7 @@ class Sandbox:
         return _Creation(factory)
 
     async def _boot(self) -> None:
+        self._log_budget = self._config.max_log_bytes
         binding = self._bind()
         binding.start()
         try:
