@@ -41,6 +41,21 @@ static int start_thread(struct ab_sandbox *sb)
     return 0;
 }
 
+int ab_elf_validate(const struct ab_config *config, const uint8_t *elf,
+                    size_t elf_len, char *errbuf, size_t errlen)
+{
+    int rc = memory_check_config(config, errbuf, errlen);
+    if (rc)
+        return rc;
+    struct ab_image image;
+    rc = elf_parse(elf, elf_len, memory_image_limit(config), &image, errbuf,
+                   errlen);
+    if (rc)
+        return rc;
+    struct ab_layout layout;
+    return memory_layout(config, &image, &layout, errbuf, errlen);
+}
+
 int ab_sandbox_create(const struct ab_config *config, const uint8_t *elf,
                       size_t elf_len, ab_sandbox **out, char *errbuf,
                       size_t errlen)

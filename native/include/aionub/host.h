@@ -95,6 +95,12 @@ int ab_sandbox_create(const struct ab_config *config, const uint8_t *elf,
                       size_t elf_len, ab_sandbox **out, char *errbuf,
                       size_t errlen);
 
+/* Validate a guest ELF against a config without creating anything: the
+ * same checks ab_sandbox_create() makes (for fuzzing and tooling). 0 or
+ * -EINVAL with the reason in errbuf ("config: ..." or "elf: ..."). */
+int ab_elf_validate(const struct ab_config *config, const uint8_t *elf,
+                    size_t elf_len, char *errbuf, size_t errlen);
+
 /* Stop the vCPU (killing a running call), join its thread, free everything.
  * Blocks until the vCPU thread has exited. */
 void ab_sandbox_destroy(ab_sandbox *sb);
