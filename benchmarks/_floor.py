@@ -6,7 +6,8 @@ Benchmark scripts compare aionub against these floors measured in the same run::
     floor = run_floor("roundtrip", 20000)   # {"name": "roundtrip", "p50_us": ...}
 
 Standard library only. The binary is cached in ``benchmarks/.build/`` and rebuilt
-whenever ``floor.c`` is newer than it. Set ``CC`` to choose the compiler.
+whenever ``floor.c`` or ``floor_vm.h`` is newer than it. Set ``CC`` to choose the
+compiler.
 """
 
 from __future__ import annotations
@@ -21,14 +22,16 @@ __all__ = ["FLOOR_SOURCE", "build_floor", "run_floor"]
 
 _HERE = Path(__file__).resolve().parent
 FLOOR_SOURCE = _HERE / "floor.c"
+_FLOOR_HEADER = _HERE / "floor_vm.h"
 _BUILD_DIR = _HERE / ".build"
 _BINARY = _BUILD_DIR / "floor"
 _CFLAGS = ["-O2", "-std=gnu11", "-Wall", "-Wextra"]
 
 
-def _is_fresh(binary: Path, source: Path) -> bool:
+def _is_fresh(binary: Path, *sources: Path) -> bool:
     try:
-        return binary.stat().st_mtime_ns >= source.stat().st_mtime_ns
+        built = binary.stat().st_mtime_ns
+        return all(built >= source.stat().st_mtime_ns for source in sources)
     except FileNotFoundError:
         return False
 
@@ -37,7 +40,7 @@ def build_floor() -> Path:
     """Compile floor.c if needed and return the path of the binary."""
     if not FLOOR_SOURCE.is_file():
         raise RuntimeError(f"floor source not found: {FLOOR_SOURCE}")
-    if _is_fresh(_BINARY, FLOOR_SOURCE):
+    if _is_fresh(_BINARY, FLOOR_SOURCE, _FLOOR_HEADER):
         return _BINARY
 
     _BUILD_DIR.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,217 @@
+"""Shared helpers for the benchmark scripts: C builds, statistics, event
+loops, optional dependencies and the target lines every script ends with.
+
+Standard library only (plus aionub, uvloop and wasmtime where a script asks
+for them). Build products go to ``benchmarks/.build/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import hashlib
+import os
+import shlex
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+__all__ = [
+    "HERE",
+    "BUILD_DIR",
+    "BENCH_EXTRA_HINT",
+    "build_c",
+    "open_rawkvm",
+    "percentile",
+    "summary",
+    "median",
+    "target",
+    "ratio",
+    "loops_available",
+    "run_on",
+    "require_wasmtime",
+    "require_kvm",
+    "fmt_us",
+]
+
+HERE = Path(__file__).resolve().parent
+BUILD_DIR = HERE / ".build"
+BENCH_EXTRA_HINT = "pip install '.[bench]'  (from the aionub source tree)"
+
+T = TypeVar("T")
+
+
+# ---------------------------------------------------------------------------
+# C builds
+
+
+def build_c(
+    output_name: str,
+    sources: Sequence[Path],
+    *,
+    depends: Iterable[Path] = (),
+    cflags: Sequence[str] = ("-O2", "-std=gnu11", "-Wall", "-Wextra"),
+    ldflags: Sequence[str] = (),
+    shared: bool = False,
+) -> Path:
+    """Compile ``sources`` into ``.build/<output_name>`` unless an up-to-date
+    build exists (newer than every source and dependency, same command).
+    ``CC`` chooses the compiler. Returns the path of the product."""
+    cc = shlex.split(os.environ.get("CC", "gcc"))
+    flags = [*cflags, *(["-shared", "-fPIC"] if shared else [])]
+    BUILD_DIR.mkdir(parents=True, exist_ok=True)
+    out = BUILD_DIR / output_name
+    stamp = BUILD_DIR / f"{output_name}.cmd"
+    inputs = [Path(s) for s in sources] + [Path(d) for d in depends]
+    key = hashlib.sha256(shlex.join([*cc, *flags, *map(str, inputs), *ldflags]).encode()).hexdigest()
+    try:
+        built = out.stat().st_mtime_ns
+        fresh = stamp.read_text() == key and all(p.stat().st_mtime_ns <= built for p in inputs)
+    except FileNotFoundError:
+        fresh = False
+    if fresh:
+        return out
+    # Build under a private name, then rename: concurrent builders never see a
+    # half-written file.
+    tmp = BUILD_DIR / f"{output_name}.{os.getpid()}.tmp"
+    cmd = [*cc, *flags, "-o", str(tmp), *map(str, sources), *ldflags]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    except OSError as exc:
+        raise RuntimeError(f"cannot run the C compiler {cc[0]!r}: {exc}") from exc
+    if proc.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"build failed ({shlex.join(cmd)}):\n{proc.stderr.strip()}")
+    os.replace(tmp, out)
+    stamp.write_text(key)
+    return out
+
+
+_rawkvm: ctypes.CDLL | None = None
+
+
+def open_rawkvm() -> ctypes.CDLL:
+    """Build and load ``rawkvm.c`` (one raw CPL3 VM, see floor_vm.h) and open
+    its VM. ``lib.rk_roundtrip()`` is then one KVM_RUN round trip; ctypes
+    releases the GIL around it. One VM per process."""
+    global _rawkvm
+    if _rawkvm is not None:
+        return _rawkvm
+    path = build_c(
+        "librawkvm.so",
+        [HERE / "rawkvm.c"],
+        depends=[HERE / "floor_vm.h"],
+        cflags=("-O2", "-std=gnu11", "-Wall", "-Wextra", "-fvisibility=hidden"),
+        shared=True,
+    )
+    lib = ctypes.CDLL(str(path))
+    lib.rk_open.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+    lib.rk_open.restype = ctypes.c_int
+    lib.rk_roundtrip.argtypes = []
+    lib.rk_roundtrip.restype = ctypes.c_int
+    lib.rk_close.argtypes = []
+    lib.rk_close.restype = None
+    err = ctypes.create_string_buffer(256)
+    if lib.rk_open(err, len(err)) != 0:
+        raise RuntimeError(err.value.decode(errors="replace"))
+    _rawkvm = lib
+    return lib
+
+
+# ---------------------------------------------------------------------------
+# Statistics (nearest rank, as floor.c)
+
+
+def percentile(samples: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile, q in [0, 1]."""
+    if not samples:
+        raise ValueError("no samples")
+    ordered = sorted(samples)
+    rank = max(1, min(len(ordered), int(q * len(ordered) + 0.999999)))
+    return ordered[rank - 1]
+
+
+def summary(samples: Sequence[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    return {
+        "n": len(ordered),
+        "p50": percentile(ordered, 0.50),
+        "p90": percentile(ordered, 0.90),
+        "p99": percentile(ordered, 0.99),
+        "mean": sum(ordered) / len(ordered),
+        "min": ordered[0],
+        "max": ordered[-1],
+    }
+
+
+def median(values: Iterable[float]) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("no values")
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def fmt_us(value: float) -> str:
+    return f"{value:,.1f} µs" if abs(value) < 10_000 else f"{value / 1000:,.2f} ms"
+
+
+def ratio(a: float, b: float) -> str:
+    if b == 0:
+        return "n/a (zero floor)"
+    return f"{a / b:.2f}"
+
+
+def target(name: str, measured: str, goal: str) -> None:
+    """The closing line for one target: ``name: measured (target)``."""
+    print(f"{name}: {measured} ({goal})", flush=True)
+
+
+# ---------------------------------------------------------------------------
+# Event loops
+
+
+def loops_available() -> list[str]:
+    """``["uvloop", "asyncio"]``, or just asyncio when uvloop is missing."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        print(f"note: uvloop is not installed, measuring asyncio only ({BENCH_EXTRA_HINT})",
+              file=sys.stderr)
+        return ["asyncio"]
+    return ["uvloop", "asyncio"]
+
+
+def run_on(loop_name: str, main: Callable[[], Awaitable[T]]) -> T:
+    """Run ``main()`` to completion on a fresh event loop of that kind."""
+    if loop_name == "uvloop":
+        import uvloop
+
+        return uvloop.run(main())  # type: ignore[arg-type]
+    if loop_name == "asyncio":
+        return asyncio.run(main())  # type: ignore[arg-type]
+    raise ValueError(f"unknown event loop {loop_name!r}")
+
+
+# ---------------------------------------------------------------------------
+# Preconditions
+
+
+def require_kvm() -> None:
+    if not os.path.exists("/dev/kvm"):
+        sys.exit("/dev/kvm does not exist on this machine; nothing to measure")
+
+
+def require_wasmtime() -> Any:
+    """Import wasmtime or exit with a message saying how to install it."""
+    try:
+        import wasmtime
+    except ImportError:
+        sys.exit(
+            "this benchmark compares against wasmtime-py, which is not installed.\n"
+            f"Install the benchmark extras: {BENCH_EXTRA_HINT}\n"
+            "or pass --no-wasmtime to skip that comparison."
+        )
+    return wasmtime
