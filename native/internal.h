@@ -101,6 +101,8 @@ extern struct ab_counters ab_process_counters;
 #define AB_CMD_IDLE 0u
 #define AB_CMD_CREATE 3u /* internal: first command, set at creation */
 #define AB_CMD_STOP 4u   /* internal: leave the thread               */
+#define AB_CMD_SNAPSHOT 5u
+#define AB_CMD_RESTORE 6u
 
 struct ab_sandbox {
     struct ab_config config;
@@ -123,10 +125,29 @@ struct ab_sandbox {
     /* Set by submit, cleared by ack: at most one command in flight. */
     _Atomic bool pending;
     struct ab_event event;    /* written by the vCPU thread before IDLE     */
+    /* Snapshot bookkeeping (snapshot.c), touched only while idle. */
+    uint64_t image_id;        /* hash of the guest image                    */
+    uint64_t npages;
+    uint64_t *written;        /* pages ever written (else still zero)       */
+    uint64_t *dirty;          /* pages written since `base_id` was taken or
+                                 restored; only meaningful if base_id != 0 */
+    uint64_t base_id;         /* the snapshot memory equals, plus `dirty`   */
+    bool dirty_log;           /* KVM dirty-page logging is on for memory    */
+    /* Arguments and result of the SNAPSHOT/RESTORE commands. */
+    const struct ab_snapshot *restore_from;
+    uint64_t restore_input_used, restore_output_used;
+    struct ab_snapshot *snapshot_result;
     struct ab_counters counters;
 };
 
 int vm_create(struct ab_sandbox *sb, char *errbuf, size_t errlen);
+/* snapshot.c */
+int snapshot_init_tracking(struct ab_sandbox *sb, const struct ab_image *img,
+                           const uint8_t *elf, size_t elf_len);
+void snapshot_free_tracking(struct ab_sandbox *sb);
+/* On the vCPU thread, for the SNAPSHOT/RESTORE commands; fill the event. */
+void snapshot_take(struct ab_sandbox *sb, struct ab_event *ev);
+void snapshot_restore(struct ab_sandbox *sb, struct ab_event *ev);
 void vm_destroy(struct ab_sandbox *sb);
 void *vcpu_thread_main(void *arg);
 

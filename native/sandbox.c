@@ -25,6 +25,8 @@ static void free_sandbox(struct ab_sandbox *sb)
         munmap(sb->mem, sb->layout.memory_size);
     if (sb->ih)
         ab_interrupt_release(sb->ih);
+    snapshot_free_tracking(sb);
+    ab_snapshot_free(sb->snapshot_result);
     free(sb);
 }
 
@@ -107,6 +109,11 @@ int ab_sandbox_create(const struct ab_config *config, const uint8_t *elf,
     }
     sb->mem = mem;
     memory_build(sb->mem, &sb->layout, &image, elf);
+    rc = snapshot_init_tracking(sb, &image, elf, elf_len);
+    if (rc) {
+        ab_fail(errbuf, errlen, -rc, "out of memory");
+        goto fail;
+    }
     rc = start_thread(sb);
     if (rc) {
         ab_fail(errbuf, errlen, -rc, "cannot start the vCPU thread: %s",
@@ -171,6 +178,38 @@ int ab_sandbox_submit(ab_sandbox *sb, uint32_t cmd, int notify_fd)
     if (!sb->started)
         return -ENOTCONN;
     return submit(sb, cmd, notify_fd);
+}
+
+int ab_sandbox_submit_snapshot(ab_sandbox *sb, int notify_fd)
+{
+    if (!sb->started)
+        return -ENOTCONN;
+    return submit(sb, AB_CMD_SNAPSHOT, notify_fd);
+}
+
+ab_snapshot *ab_sandbox_snapshot_result(ab_sandbox *sb)
+{
+    if (atomic_load(&sb->pending))
+        return NULL;
+    struct ab_snapshot *s = sb->snapshot_result;
+    sb->snapshot_result = NULL;
+    return s;
+}
+
+int ab_sandbox_submit_restore(ab_sandbox *sb, const ab_snapshot *snap,
+                              uint64_t input_used, uint64_t output_used,
+                              int notify_fd)
+{
+    if (!sb->started)
+        return -ENOTCONN;
+    if (atomic_load(&sb->pending))
+        return -EBUSY;
+    /* Written before the command; the vCPU thread reads them after it sees
+     * the command (send_command's seq_cst store orders them). */
+    sb->restore_from = snap;
+    sb->restore_input_used = input_used;
+    sb->restore_output_used = output_used;
+    return submit(sb, AB_CMD_RESTORE, notify_fd);
 }
 
 int ab_sandbox_ack(ab_sandbox *sb, int notify_fd)

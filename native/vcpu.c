@@ -288,6 +288,14 @@ void *vcpu_thread_main(void *arg)
             }
         } else if (cmd == AB_CMD_CALL) {
             AB_COUNT(sb, calls);
+        } else if (cmd == AB_CMD_SNAPSHOT || cmd == AB_CMD_RESTORE) {
+            memset(&sb->event, 0, sizeof sb->event);
+            if (cmd == AB_CMD_SNAPSHOT)
+                snapshot_take(sb, &sb->event);
+            else
+                snapshot_restore(sb, &sb->event);
+            publish(sb);
+            continue;
         }
         if (!sb->run) { /* creation failed; nothing to run */
             event_vm_error(&sb->event, 0, ENODEV, 0, "the VM does not exist");

@@ -86,8 +86,10 @@ int vm_create(struct ab_sandbox *sb, char *errbuf, size_t errlen)
     sb->vm_fd = ioctl(kvm, KVM_CREATE_VM, 0);
     if (sb->vm_fd < 0)
         return IOCTL_FAIL("KVM_CREATE_VM");
+    /* Dirty-page logging lets restore copy back only what changed. */
     struct kvm_userspace_memory_region region = {
         .slot = 0,
+        .flags = sb->dirty_log ? KVM_MEM_LOG_DIRTY_PAGES : 0,
         .guest_phys_addr = 0,
         .memory_size = sb->layout.memory_size,
         .userspace_addr = (uint64_t)(uintptr_t)sb->mem,

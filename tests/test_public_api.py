@@ -16,7 +16,7 @@ def test_public_names() -> None:
         "BuildError", "CallTimeout", "DEMO_GUEST", "ExecutionCancelled", "GuestAborted", "GuestFault",
         "GuestFunction", "GuestFunctionNotFound", "GuestProtocolError", "HostFunctionError",
         "InterruptHandle", "InvalidGuest", "KvmUnavailable", "Sandbox", "SandboxClosed", "SandboxConfig",
-        "SandboxError", "SandboxPoisoned", "StackOverflow", "VmError", "build_guest", "process_stats",
+        "SandboxError", "SandboxPoisoned", "Snapshot", "StackOverflow", "VmError", "build_guest", "process_stats",
     }
     for name in aionub.__all__:
         assert hasattr(aionub, name), name

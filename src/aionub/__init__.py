@@ -31,6 +31,7 @@ from ._interrupt import InterruptHandle as InterruptHandle
 from ._native import process_stats as process_stats
 from ._paths import DEMO_GUEST as DEMO_GUEST
 from ._sandbox import Sandbox as Sandbox
+from ._snapshot import Snapshot as Snapshot
 from ._wire import GuestFunction as GuestFunction
 
 __version__ = "0.1.0"
@@ -54,6 +55,7 @@ __all__ = (
     "SandboxConfig",
     "SandboxError",
     "SandboxPoisoned",
+    "Snapshot",
     "StackOverflow",
     "VmError",
     "build_guest",

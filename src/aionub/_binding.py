@@ -73,6 +73,13 @@ class AsyncioBinding:
         if rc < 0:
             raise _submit_error(rc)
 
+    def submit_with(self, func: Any, *args: Any) -> None:
+        """Submit through another ab_sandbox_submit_* function."""
+        self.kind = 0
+        rc = func(self.ptr, *args, self.fd)
+        if rc < 0:
+            raise _submit_error(rc)
+
     async def wait(self) -> int:
         """The kind of the event for the last command (cancellable)."""
         if not self.kind:
@@ -155,6 +162,13 @@ class AnyioBinding:
     def submit(self, cmd: int) -> None:
         self.kind = 0
         rc = lib.ab_sandbox_submit(self.ptr, cmd, self.fd)
+        if rc < 0:
+            raise _submit_error(rc)
+
+    def submit_with(self, func: Any, *args: Any) -> None:
+        """Submit through another ab_sandbox_submit_* function."""
+        self.kind = 0
+        rc = func(self.ptr, *args, self.fd)
         if rc < 0:
             raise _submit_error(rc)
 

@@ -7,7 +7,7 @@ import errno
 import os
 from typing import Any
 
-from ._exceptions import InvalidGuest, KvmUnavailable
+from ._exceptions import InvalidGuest, KvmUnavailable, SandboxError
 from ._aionub_native import ffi, lib  # type: ignore[import-not-found]
 
 __all__ = ("ffi", "lib", "NativeSandbox", "probe_kvm", "process_stats")
@@ -23,6 +23,8 @@ EV_FAULT = lib.AB_EV_FAULT
 EV_CANCELLED = lib.AB_EV_CANCELLED
 EV_VM_ERROR = lib.AB_EV_VM_ERROR
 EV_CREATE_FAILED = lib.AB_EV_CREATE_FAILED
+EV_SNAPSHOT = lib.AB_EV_SNAPSHOT
+EV_RESTORED = lib.AB_EV_RESTORED
 CMD_CALL = lib.AB_CMD_CALL
 CMD_RESUME = lib.AB_CMD_RESUME
 EXIT_SHUTDOWN = lib.AB_EXIT_SHUTDOWN
@@ -51,6 +53,14 @@ def process_stats() -> dict[str, int]:
     stats = ffi.new("struct ab_stats *")
     lib.ab_process_stats(stats)
     return _stats_dict(stats)
+
+
+def _command_error(event: Any, what: str) -> Exception:
+    rc = int(event.error)
+    message = _message(event.message)
+    if rc == -errno.EINVAL:
+        return ValueError(f"cannot {what}: {message}")
+    return SandboxError(f"cannot {what}: {message or os.strerror(-rc)}")
 
 
 class NativeSandbox:
@@ -99,6 +109,19 @@ class NativeSandbox:
         stats = ffi.new("struct ab_stats *")
         lib.ab_sandbox_stats(self.ptr, stats)
         return _stats_dict(stats)
+
+    def take_snapshot_result(self) -> Any:
+        """The snapshot the last SNAPSHOT command produced (freed by the GC),
+        or raise the error it reported."""
+        event = self.event
+        ptr = lib.ab_sandbox_snapshot_result(self.ptr)
+        if ptr == ffi.NULL:
+            raise _command_error(event, "snapshot")
+        return ffi.gc(ptr, lib.ab_snapshot_free)
+
+    def check_restored(self) -> None:
+        if self.event.error:
+            raise _command_error(self.event, "restore")
 
     def destroy(self) -> None:
         """Stop the vCPU thread and free everything. Idempotent."""

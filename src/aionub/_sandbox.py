@@ -31,7 +31,9 @@ from ._exceptions import (
     SandboxPoisoned,
 )
 from ._interrupt import InterruptHandle
+from ._snapshot import Snapshot
 from ._native import (
+    lib,
     CMD_CALL,
     CMD_RESUME,
     EV_HOSTCALL,
@@ -183,6 +185,10 @@ class Sandbox:
         self._asyncio_lock: asyncio.Lock | None = None
         self._anyio_lock: anyio.Lock | None = None
         self._busy = False
+        # High-water marks of the host's writes into the buffers since the
+        # last snapshot/restore (KVM's dirty log does not see them).
+        self._input_used = 0
+        self._output_used = 0
         # Per-call state, reset at the start of every call.
         self._host_error: HostFunctionError | None = None
         self._log_budget = 0
@@ -316,7 +322,7 @@ class Sandbox:
             lock = self._asyncio_lock
             if lock is None:
                 lock = self._asyncio_lock = asyncio.Lock()
-            await lock.acquire()
+            await lock.acquire()  # no yield when free
             try:
                 if deadline is None:
                     return await self._call_locked(fn, request)
@@ -331,9 +337,7 @@ class Sandbox:
             finally:
                 lock.release()
         # Not asyncio: trio (or another anyio backend).
-        if self._anyio_lock is None:
-            self._anyio_lock = anyio.Lock()
-        async with self._anyio_lock:
+        async with self._lock():
             if deadline is None:
                 return await self._call_locked(fn, request)
             with anyio.move_on_after(deadline) as scope:
@@ -341,6 +345,63 @@ class Sandbox:
             if scope.cancelled_caught:
                 raise self._timed_out(name, deadline)
             raise AssertionError("unreachable: the call neither returned nor timed out")
+
+    async def snapshot(self) -> Snapshot:
+        """Capture guest memory and all vCPU state. Refused (SandboxPoisoned)
+        for a poisoned sandbox: its state is unknown. Waits for a call in
+        progress to finish."""
+        self._check_usable()
+        async with self._lock():
+            self._check_usable()
+            native = self._native
+            assert native is not None
+            await self._command(lib.ab_sandbox_submit_snapshot)
+            snapshot = Snapshot(native.take_snapshot_result(), self._label)
+            self._input_used = self._output_used = 0
+        log.debug("%r: snapshot of %d KiB", self, snapshot.nbytes // 1024)
+        return snapshot
+
+    async def restore(self, snapshot: Snapshot) -> None:
+        """Bring guest memory and vCPU state back to ``snapshot`` and clear
+        poisoning: the only way out of it. The snapshot must come from a
+        sandbox of the same guest image and memory options (else
+        ValueError). Copies back only the pages written since, when the
+        snapshot was the last one taken or restored here."""
+        if not isinstance(snapshot, Snapshot):
+            raise TypeError(f"restore() needs a Snapshot, not {type(snapshot).__name__}")
+        self._check_open()
+        async with self._lock():
+            self._check_open()
+            native = self._native
+            assert native is not None
+            await self._command(
+                lib.ab_sandbox_submit_restore, snapshot._ptr, self._input_used, self._output_used
+            )
+            native.check_restored()
+            self._input_used = self._output_used = 0
+            self._poison = None
+
+    async def _command(self, submit: Any, *args: Any) -> int:
+        """Run a non-call command on the vCPU thread and wait for its event.
+        It never enters the guest, so waiting it out on cancellation is
+        brief; the cancellation is re-raised afterwards."""
+        binding = self._bind()
+        binding.submit_with(submit, *args)
+        try:
+            return await binding.wait()
+        except BaseException:
+            await binding.stop(self._ih, self._config.interrupt_retry_delay)
+            raise
+
+    def _lock(self) -> asyncio.Lock | anyio.Lock:
+        """The lock that serialises calls, for the running event loop."""
+        if asyncio._get_running_loop() is not None:
+            if self._asyncio_lock is None:
+                self._asyncio_lock = asyncio.Lock()
+            return self._asyncio_lock
+        if self._anyio_lock is None:
+            self._anyio_lock = anyio.Lock()
+        return self._anyio_lock
 
     async def aclose(self) -> None:
         """Close the sandbox: a call in flight is killed (it raises
@@ -414,6 +475,8 @@ class Sandbox:
         if binding is None or binding.loop is not asyncio._get_running_loop():
             binding = self._bind()
         native.input[: len(request)] = request
+        if len(request) > self._input_used:
+            self._input_used = len(request)
         self._host_error = None
         self._log_budget = self._config.max_log_bytes
         self._log_dropped = False
@@ -546,6 +609,8 @@ class Sandbox:
             message = str(error).encode()[: self._config.output_size - 6]
             reply = b"\x01" + len(message).to_bytes(4, "little") + message + b"\x00"
         native.output[: len(reply)] = reply
+        if len(reply) > self._output_used:
+            self._output_used = len(reply)
 
     def _destroy(self) -> None:
         """Release everything now (the vCPU thread is joined)."""

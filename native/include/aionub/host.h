@@ -124,6 +124,31 @@ int ab_sandbox_ack(ab_sandbox *sb, int notify_fd);
 void ab_sandbox_stats(ab_sandbox *sb, struct ab_stats *out);
 void ab_process_stats(struct ab_stats *out);
 
+/* Snapshots: guest memory and vCPU state (general, special, FPU/SSE
+ * registers, pending events) of an idle sandbox. A snapshot may be restored
+ * into any sandbox of the same guest image and layout, any number of times.
+ * Restoring into the sandbox that took it (the common case) copies back
+ * only the pages written since (KVM dirty-page log plus the host's own
+ * writes to the input/output buffers, which Python reports as
+ * `input_used`/`output_used` high-water marks).
+ *
+ * Both run on the vCPU thread, as commands: KVM completes the last exit's
+ * port I/O only on the next KVM_RUN, which must come from that thread, and
+ * the vCPU state is consistent only after it. Submit, then wait for the
+ * event like a call: AB_EV_SNAPSHOT (then take the result with
+ * ab_sandbox_snapshot_result) or AB_EV_RESTORED; on failure event.error is
+ * -errno and event.message says why (-EINVAL: wrong image or layout). */
+#define AB_EV_SNAPSHOT 10
+#define AB_EV_RESTORED 11
+typedef struct ab_snapshot ab_snapshot;
+int ab_sandbox_submit_snapshot(ab_sandbox *sb, int notify_fd);
+ab_snapshot *ab_sandbox_snapshot_result(ab_sandbox *sb); /* once, or NULL */
+int ab_sandbox_submit_restore(ab_sandbox *sb, const ab_snapshot *snap,
+                              uint64_t input_used, uint64_t output_used,
+                              int notify_fd);
+void ab_snapshot_free(ab_snapshot *snap);
+uint64_t ab_snapshot_bytes(const ab_snapshot *snap); /* memory it holds */
+
 /* Interrupt handles (seed semantics). Each handle is reference counted and
  * outlives its sandbox safely. */
 ab_interrupt *ab_sandbox_interrupt(ab_sandbox *sb); /* new reference */
