@@ -135,7 +135,7 @@ struct ab_sandbox {
     bool dirty_log;           /* KVM dirty-page logging is on for memory    */
     /* Arguments and result of the SNAPSHOT/RESTORE commands. */
     const struct ab_snapshot *restore_from;
-    uint64_t restore_input_used, restore_output_used;
+    uint64_t input_used, output_used; /* host writes since the last one   */
     struct ab_snapshot *snapshot_result;
     struct ab_counters counters;
 };

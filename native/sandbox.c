@@ -180,10 +180,15 @@ int ab_sandbox_submit(ab_sandbox *sb, uint32_t cmd, int notify_fd)
     return submit(sb, cmd, notify_fd);
 }
 
-int ab_sandbox_submit_snapshot(ab_sandbox *sb, int notify_fd)
+int ab_sandbox_submit_snapshot(ab_sandbox *sb, uint64_t input_used,
+                               uint64_t output_used, int notify_fd)
 {
     if (!sb->started)
         return -ENOTCONN;
+    if (atomic_load(&sb->pending))
+        return -EBUSY;
+    sb->input_used = input_used;
+    sb->output_used = output_used;
     return submit(sb, AB_CMD_SNAPSHOT, notify_fd);
 }
 
@@ -207,8 +212,8 @@ int ab_sandbox_submit_restore(ab_sandbox *sb, const ab_snapshot *snap,
     /* Written before the command; the vCPU thread reads them after it sees
      * the command (send_command's seq_cst store orders them). */
     sb->restore_from = snap;
-    sb->restore_input_used = input_used;
-    sb->restore_output_used = output_used;
+    sb->input_used = input_used;
+    sb->output_used = output_used;
     return submit(sb, AB_CMD_RESTORE, notify_fd);
 }
 

@@ -122,6 +122,21 @@ static int collect_dirty(struct ab_sandbox *sb)
     return 0;
 }
 
+/* The host's own writes to the buffers are not in KVM's log: Python
+ * reports how far into each buffer it wrote since the last snapshot or
+ * restore. */
+static int note_host_writes(struct ab_sandbox *sb)
+{
+    if (sb->input_used > sb->layout.input_size ||
+        sb->output_used > sb->layout.output_size)
+        return -EINVAL;
+    set_range(sb->dirty, sb->layout.input_addr, sb->input_used);
+    set_range(sb->written, sb->layout.input_addr, sb->input_used);
+    set_range(sb->dirty, sb->layout.output_addr, sb->output_used);
+    set_range(sb->written, sb->layout.output_addr, sb->output_used);
+    return 0;
+}
+
 static void free_snapshot(struct ab_snapshot *s)
 {
     if (s->mem)
@@ -167,7 +182,8 @@ void snapshot_take(struct ab_sandbox *sb, struct ab_event *ev)
     void *mem = mmap(NULL, sb->layout.memory_size, PROT_READ | PROT_WRITE,
                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     s->mem = mem == MAP_FAILED ? NULL : mem;
-    if (!s->present || !s->mem || collect_dirty(sb) < 0) {
+    if (!s->present || !s->mem || collect_dirty(sb) < 0 ||
+        note_host_writes(sb) < 0) {
         free_snapshot(s);
         return fail_event(ev, AB_EV_SNAPSHOT, ENOMEM, "snapshot");
     }
@@ -209,8 +225,6 @@ static void restore_page(struct ab_sandbox *sb, const struct ab_snapshot *s,
 void snapshot_restore(struct ab_sandbox *sb, struct ab_event *ev)
 {
     const struct ab_snapshot *s = sb->restore_from;
-    uint64_t input_used = sb->restore_input_used;
-    uint64_t output_used = sb->restore_output_used;
     ev->kind = AB_EV_RESTORED;
     if (!sb->run)
         return fail_event(ev, AB_EV_RESTORED, ENODEV, "no VM");
@@ -223,20 +237,11 @@ void snapshot_restore(struct ab_sandbox *sb, struct ab_event *ev)
                                   : "sandbox with a different memory layout");
         return;
     }
-    if (input_used > sb->layout.input_size ||
-        output_used > sb->layout.output_size)
-        return fail_event(ev, AB_EV_RESTORED, EINVAL, "buffer use");
-    if (collect_dirty(sb) < 0)
+    if (collect_dirty(sb) < 0 || note_host_writes(sb) < 0)
         return fail_event(ev, AB_EV_RESTORED, ENOMEM, "restore");
     int rc = settle(sb);
     if (rc < 0)
         return fail_event(ev, AB_EV_RESTORED, -rc, "settling the vCPU");
-    /* The host's own writes are not in KVM's log. */
-    set_range(sb->dirty, sb->layout.input_addr, input_used);
-    set_range(sb->written, sb->layout.input_addr, input_used);
-    set_range(sb->dirty, sb->layout.output_addr, output_used);
-    set_range(sb->written, sb->layout.output_addr, output_used);
-
     bool fast = sb->base_id == s->id;
     size_t words = map_words(sb->npages);
     for (size_t w = 0; w < words; w++) {

@@ -355,7 +355,7 @@ class Sandbox:
             self._check_usable()
             native = self._native
             assert native is not None
-            await self._command(lib.ab_sandbox_submit_snapshot)
+            await self._command(lib.ab_sandbox_submit_snapshot, self._input_used, self._output_used)
             snapshot = Snapshot(native.take_snapshot_result(), self._label)
             self._input_used = self._output_used = 0
         log.debug("%r: snapshot of %d KiB", self, snapshot.nbytes // 1024)

@@ -141,7 +141,8 @@ void ab_process_stats(struct ab_stats *out);
 #define AB_EV_SNAPSHOT 10
 #define AB_EV_RESTORED 11
 typedef struct ab_snapshot ab_snapshot;
-int ab_sandbox_submit_snapshot(ab_sandbox *sb, int notify_fd);
+int ab_sandbox_submit_snapshot(ab_sandbox *sb, uint64_t input_used,
+                               uint64_t output_used, int notify_fd);
 ab_snapshot *ab_sandbox_snapshot_result(ab_sandbox *sb); /* once, or NULL */
 int ab_sandbox_submit_restore(ab_sandbox *sb, const ab_snapshot *snap,
                               uint64_t input_used, uint64_t output_used,
