@@ -1,80 +1,215 @@
-"""`await sb.call("noop")` against the raw-KVM floors, in one run.
+"""`await sb.call("noop")` against its baselines, in one run.
 
-Runs, on this machine and in this order, interleaved over several rounds so
-that machine noise hits both sides alike:
-  - the raw C round trip from CPL3 (one KVM_RUN per iteration, same thread),
-  - the raw C thread-per-vCPU round trip (futex request, eventfd completion),
-  - aionub noop calls on asyncio and on uvloop,
-and prints medians and ratios. Ends with one line per target.
+Per round, on this machine and in this order (rounds interleave so that the
+machine's noise hits every side alike):
 
-    python benchmarks/bench_call.py [--calls N] [--rounds R]
+  raw C       floor.c: one KVM_RUN round trip from CPL3 on the calling thread,
+              and the same through a dedicated vCPU thread (futex request,
+              eventfd completion: the shape of aionub's design)
+  aionub      `await sb.call("noop")` on uvloop and on asyncio
+  to_thread   `await asyncio.to_thread(lib.rk_roundtrip)` on the same loop:
+              one raw KVM_RUN round trip (rawkvm.c, through ctypes, which
+              releases the GIL) run in the default executor, which is what a
+              synchronous sandbox gives async code
+  wasmtime    wasmtime-py calling a no-op export (`(func (export "noop"))`)
+
+Each figure is the p50 of --calls sequential calls; a round's p50s are
+combined as the median over --rounds rounds, and every ratio divides two
+such medians. Two diagnostics follow: the same noop with the whole process
+pinned to one CPU (the vCPU thread and the event loop then share a CPU, so a
+completion is a context switch instead of a cross-CPU wake-up), and the
+floor's thread round trip pinned likewise.
+
+    python benchmarks/bench_call.py            # about 30 s on 2 cores
+    python benchmarks/bench_call.py --quick    # about 5 s
+    python benchmarks/bench_call.py --no-wasmtime
+
+Needs the benchmark extras for uvloop and wasmtime: pip install '.[bench]'.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
+import contextlib
+import os
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import aionub  # noqa: E402
+from _common import (  # noqa: E402
+    fmt_us,
+    loops_available,
+    median,
+    open_rawkvm,
+    percentile,
+    ratio,
+    require_kvm,
+    require_wasmtime,
+    run_on,
+    target,
+)
 from _floor import run_floor  # noqa: E402
 
+import aionub  # noqa: E402
 
-async def noop_samples(calls: int) -> list[float]:
-    """Per-call latency (µs) of sequential noop calls on one sandbox."""
+WAT_NOOP = """
+(module
+  (func (export "noop")))
+"""
+
+BLOCK = 250  # calls per alternating block when two things share one loop run
+
+
+async def aionub_and_to_thread(calls: int, with_to_thread: bool) -> tuple[float, float | None]:
+    """p50 (µs) of noop calls and of to_thread raw round trips, measured in
+    alternating blocks on the running loop."""
+    lib = open_rawkvm() if with_to_thread else None
+    clock = time.perf_counter_ns
+    noop_s: list[float] = []
+    thread_s: list[float] = []
     async with aionub.Sandbox.create(aionub.DEMO_GUEST) as sb:
+        call = sb.call
         for _ in range(min(calls, 1000)):  # warm-up
-            await sb.call("noop")
-        samples = []
-        clock = time.perf_counter_ns
-        for _ in range(calls):
-            start = clock()
-            await sb.call("noop")
-            samples.append((clock() - start) / 1000)
-        return samples
+            await call("noop")
+        if lib is not None:
+            rt = lib.rk_roundtrip
+            for _ in range(min(calls, 1000)):
+                if await asyncio.to_thread(rt) != 0:
+                    raise RuntimeError("raw KVM round trip failed")
+        done = 0
+        while done < calls:
+            block = min(BLOCK, calls - done)
+            for _ in range(block):
+                t0 = clock()
+                await call("noop")
+                noop_s.append((clock() - t0) / 1000)
+            if lib is not None:
+                for _ in range(block):
+                    t0 = clock()
+                    rc = await asyncio.to_thread(rt)
+                    thread_s.append((clock() - t0) / 1000)
+                    if rc != 0:
+                        raise RuntimeError(f"raw KVM round trip failed ({rc})")
+            done += block
+    return percentile(noop_s, 0.5), (percentile(thread_s, 0.5) if thread_s else None)
 
 
-def run_on(loop_name: str, calls: int) -> float:
-    if loop_name == "uvloop":
-        import uvloop
+def wasmtime_noop(wasmtime, calls: int) -> float:
+    engine = wasmtime.Engine()
+    store = wasmtime.Store(engine)
+    instance = wasmtime.Instance(store, wasmtime.Module(engine, WAT_NOOP), [])
+    noop = instance.exports(store)["noop"]
+    for _ in range(min(calls, 1000)):
+        noop(store)
+    clock = time.perf_counter_ns
+    samples = []
+    for _ in range(calls):
+        t0 = clock()
+        noop(store)
+        samples.append((clock() - t0) / 1000)
+    return percentile(samples, 0.5)
 
-        samples = uvloop.run(noop_samples(calls))
-    else:
-        samples = asyncio.run(noop_samples(calls))
-    return statistics.median(samples)
+
+@contextlib.contextmanager
+def one_cpu():
+    """Pin this thread, and so every thread it creates, to one CPU."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(before)})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=5000, help="calls per measurement (default 5000)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
-    args = parser.parse_args()
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    parser.add_argument("--quick", action="store_true", help="1000 calls, 2 rounds")
+    parser.add_argument("--no-wasmtime", action="store_true", help="skip the wasmtime-py comparison")
+    parser.add_argument("--no-pinned", action="store_true", help="skip the one-CPU diagnostics")
+    opts = parser.parse_args()
+    if opts.quick:
+        opts.calls, opts.rounds = 1000, 2
+    if opts.calls < 1 or opts.rounds < 1:
+        parser.error("--calls and --rounds must be >= 1")
+    require_kvm()
+    wasmtime = None if opts.no_wasmtime else require_wasmtime()
+    loops = loops_available()
+    pinned = not opts.no_pinned and hasattr(os, "sched_setaffinity")
 
-    results: dict[str, list[float]] = {"raw": [], "raw_thread": [], "asyncio": [], "uvloop": []}
-    for r in range(args.rounds):
-        results["raw"].append(run_floor("roundtrip", args.calls)["p50_us"])
-        results["raw_thread"].append(run_floor("roundtrip-thread", args.calls)["p50_us"])
-        results["asyncio"].append(run_on("asyncio", args.calls))
-        results["uvloop"].append(run_on("uvloop", args.calls))
-        print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f} µs" for k, v in results.items()), flush=True)
+    res: dict[str, list[float]] = {}
 
-    med = {k: statistics.median(v) for k, v in results.items()}
+    def add(key: str, value: float) -> None:
+        res.setdefault(key, []).append(value)
+
+    started = time.monotonic()
+    for r in range(opts.rounds):
+        add("raw", run_floor("roundtrip", opts.calls)["p50_us"])
+        add("raw_thread", run_floor("roundtrip-thread", opts.calls)["p50_us"])
+        for loop in loops:
+            noop, thr = run_on(loop, lambda: aionub_and_to_thread(opts.calls, True))
+            add(f"noop_{loop}", noop)
+            add(f"to_thread_{loop}", thr)
+        if wasmtime is not None:
+            add("wasmtime", wasmtime_noop(wasmtime, opts.calls))
+        if pinned:
+            with one_cpu():
+                add("raw_thread_1cpu", run_floor("roundtrip-thread", opts.calls)["p50_us"])
+                for loop in loops:
+                    noop, _ = run_on(loop, lambda: aionub_and_to_thread(opts.calls, False))
+                    add(f"noop_{loop}_1cpu", noop)
+        print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in res.items()) + " (µs)",
+              flush=True)
+    elapsed = time.monotonic() - started
+
+    med = {k: median(v) for k, v in res.items()}
+    labels = {
+        "raw": "raw C KVM_RUN round trip (CPL3, same thread)",
+        "raw_thread": "raw C thread-per-vCPU round trip (futex + eventfd)",
+        "noop_uvloop": "aionub noop, uvloop",
+        "noop_asyncio": "aionub noop, asyncio",
+        "to_thread_uvloop": "to_thread(raw round trip), uvloop",
+        "to_thread_asyncio": "to_thread(raw round trip), asyncio",
+        "wasmtime": "wasmtime-py no-op export call",
+        "raw_thread_1cpu": "raw C thread-per-vCPU round trip, 1 CPU",
+        "noop_uvloop_1cpu": "aionub noop, uvloop, 1 CPU",
+        "noop_asyncio_1cpu": "aionub noop, asyncio, 1 CPU",
+    }
+    print(f"\np50 of {opts.calls} calls, median of {opts.rounds} rounds ({elapsed:.0f} s):")
+    for key, label in labels.items():
+        if key in med:
+            print(f"  {label:<52} {fmt_us(med[key]):>10}")
+    print("derived:")
+    print(f"  thread hop of the raw C design (thread - direct):    {fmt_us(med['raw_thread'] - med['raw']):>10}")
+    if "raw_thread_1cpu" in med:
+        print(f"  ... with both threads on one CPU:                    "
+              f"{fmt_us(med['raw_thread_1cpu'] - med['raw']):>10}")
+    for loop in loops:
+        print(f"  aionub {loop} over the raw thread round trip:        "
+              f"{fmt_us(med[f'noop_{loop}'] - med['raw_thread']):>10}")
+    if "wasmtime" in med:
+        print(f"  raw C KVM_RUN round trip ÷ wasmtime no-op:           {ratio(med['raw'], med['wasmtime']):>10}"
+              "  (no KVM design can beat this)")
     print()
-    print(f"p50 of {args.calls} calls, median of {args.rounds} rounds:")
-    print(f"  raw C KVM_RUN round trip (CPL3, same thread)   {med['raw']:8.1f} µs")
-    print(f"  raw C thread-per-vCPU round trip (futex+eventfd) {med['raw_thread']:6.1f} µs")
-    print(f"  aionub noop, asyncio                            {med['asyncio']:8.1f} µs")
-    print(f"  aionub noop, uvloop                             {med['uvloop']:8.1f} µs")
-    print()
-    print(f"noop on uvloop ÷ raw round trip: {med['uvloop'] / med['raw']:.2f} (≤ 2.0)")
-    print(f"noop on asyncio ÷ raw round trip: {med['asyncio'] / med['raw']:.2f} (≤ 2.5)")
-    print(f"noop on asyncio ÷ raw thread-per-vCPU round trip: {med['asyncio'] / med['raw_thread']:.2f} (floor of this design: 1.0)")
+
+    goals = {"uvloop": "≤ 2.0", "asyncio": "≤ 2.5"}
+    for loop in loops:
+        target(f"noop on {loop} ÷ raw C round trip", ratio(med[f"noop_{loop}"], med["raw"]), goals[loop])
+    for loop in loops:
+        target(f"noop on {loop} ÷ to_thread raw round trip",
+               ratio(med[f"noop_{loop}"], med[f"to_thread_{loop}"]), "≤ 0.5")
+    for loop in loops:
+        if "wasmtime" in med:
+            target(f"noop on {loop} ÷ wasmtime-py no-op call",
+                   ratio(med[f"noop_{loop}"], med["wasmtime"]), "≤ 1.0")
+        else:
+            target(f"noop on {loop} ÷ wasmtime-py no-op call", "skipped (--no-wasmtime)", "≤ 1.0")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
