@@ -483,9 +483,15 @@ class Sandbox:
         self._busy = True
         try:
             binding.submit(CMD_CALL)
-            await self._drive(binding, f"{fn.name}()")
+            kind = await self._drive(binding, f"{fn.name}()")
         finally:
             self._busy = False
+        if kind != EV_RESULT:
+            # _drive() also returns on READY, which only creation expects: a
+            # guest that signals READY again mid-call broke the protocol (its
+            # output buffer must not be read as this call's result).
+            self._poison = f"{fn.name}() signalled READY instead of returning a result"
+            raise GuestProtocolError(f"the guest signalled READY during a call to {fn.name}()")
         return self._result(fn)
 
     async def _drive(self, binding: Binding, what: str) -> int:
@@ -529,8 +535,9 @@ class Sandbox:
         assert native is not None
         out = native.output
         length = native.event.length
-        # Fast path: status OK with a None value.
-        if length == 2 and out[0] == 0 and out[1] == 0:
+        # Fast path: status OK with a None value, from a function declared
+        # to return None.
+        if length == 2 and out[0] == 0 and out[1] == 0 and fn.returns == _abi.TAG_NONE:
             value = None
         else:
             value = self._decode_result(fn, out, length)
@@ -546,6 +553,14 @@ class Sandbox:
             r = Reader(out, length, f"result of {fn.name}()")
             status = r.u8()
             if status == _abi.STATUS_OK:
+                # The value must carry the declared return type: the guest
+                # would otherwise hand the caller, say, a str from a function
+                # whose signature promises an int.
+                if r.pos < r.end and out[r.pos] != fn.returns:
+                    raise r.fail(
+                        f"{fn.name}() is declared to return {_abi.TYPE_NAMES[fn.returns]} "
+                        f"but returned a value with type tag {out[r.pos]}"
+                    )
                 value = r.value()
                 r.done()
                 return value
