@@ -74,6 +74,7 @@ struct ab_interrupt {
     pthread_mutex_t kick_lock;
     struct kvm_run *run;      /* for immediate_exit                         */
     uint64_t last_signal_ns;  /* when kick() last signalled (kick_lock)      */
+    uint32_t lose_kicks;      /* fault injection (kick_lock)                */
     _Atomic uint64_t *signals_sent; /* the owning sandbox's counter          */
 };
 int interrupt_install_handler(int signo);

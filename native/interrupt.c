@@ -154,8 +154,11 @@ int ab_interrupt_kick(ab_interrupt *ih)
     pthread_mutex_lock(&ih->kick_lock);
     uint8_t state = atomic_load_explicit(&ih->state, memory_order_acquire);
     bool dropped = atomic_load_explicit(&ih->dropped, memory_order_acquire);
-    if (!dropped && ih->run && (state & AB_RUNNING_BIT) &&
-        (state & (AB_CANCEL_BIT | AB_DEBUG_INTERRUPT_BIT))) {
+    bool wanted = !dropped && ih->run && (state & AB_RUNNING_BIT) &&
+                  (state & (AB_CANCEL_BIT | AB_DEBUG_INTERRUPT_BIT));
+    if (wanted && ih->lose_kicks) {
+        ih->lose_kicks--; /* injected loss: as if the signal never came */
+    } else if (wanted) {
         /* SAFETY: run stays mapped while !dropped; dropped is set under
          * kick_lock before the vCPU thread is joined and run unmapped. */
         _Atomic uint8_t *immediate_exit =
@@ -187,6 +190,13 @@ int ab_interrupt_cancel(ab_interrupt *ih)
      * when it checks CANCEL with Acquire. */
     atomic_fetch_or_explicit(&ih->state, AB_CANCEL_BIT, memory_order_release);
     return ab_interrupt_kick(ih);
+}
+
+void ab_interrupt_lose_kicks(ab_interrupt *ih, uint32_t n)
+{
+    pthread_mutex_lock(&ih->kick_lock);
+    ih->lose_kicks = n;
+    pthread_mutex_unlock(&ih->kick_lock);
 }
 
 int ab_interrupt_running(ab_interrupt *ih)

@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 
 from . import _native
 from ._binding import AnyioBinding, AsyncioBinding, Binding
@@ -96,6 +97,16 @@ def _check_host_functions(host_functions: object) -> dict[str, HostFunction]:
             raise TypeError(f"host function {name!r} is not callable: {func!r}")
         checked[name] = func
     return checked
+
+
+async def _checkpoint_if_cancelled() -> None:
+    """Deliver a pending cancellation now (cheap when there is none)."""
+    if asyncio._get_running_loop() is not None:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            await asyncio.sleep(0)
+    else:
+        await anyio.lowlevel.checkpoint_if_cancelled()
 
 
 def _check_timeout(timeout: object) -> float | None:
@@ -191,6 +202,7 @@ class Sandbox:
         self._output_used = 0
         # Per-call state, reset at the start of every call.
         self._host_error: HostFunctionError | None = None
+        self._deadline: float | None = None  # loop time at which the call times out
         self._log_budget = 0
         self._log_dropped = False
 
@@ -325,7 +337,9 @@ class Sandbox:
             await lock.acquire()  # no yield when free
             try:
                 if deadline is None:
+                    self._deadline = None
                     return await self._call_locked(fn, request)
+                self._deadline = loop.time() + deadline
                 cm = asyncio.timeout(deadline)
                 try:
                     async with cm:
@@ -339,7 +353,9 @@ class Sandbox:
         # Not asyncio: trio (or another anyio backend).
         async with self._lock():
             if deadline is None:
+                self._deadline = None
                 return await self._call_locked(fn, request)
+            self._deadline = anyio.current_time() + deadline
             with anyio.move_on_after(deadline) as scope:
                 return await self._call_locked(fn, request)
             if scope.cancelled_caught:
@@ -510,6 +526,12 @@ class Sandbox:
                     self._emit_log()
                 elif kind == EV_HOSTCALL:
                     await self._serve_host_call()
+                    # A deadline that passed, or a cancellation that arrived,
+                    # while a sync host function blocked the loop takes
+                    # effect here: the guest is never resumed after it.
+                    if self._deadline is not None and anyio.current_time() >= self._deadline:
+                        raise CallTimeout(f"{what} did not finish within its timeout; the guest was stopped")
+                    await _checkpoint_if_cancelled()
                 else:
                     raise self._event_error(kind)
                 if self._closing:

@@ -164,6 +164,10 @@ int ab_interrupt_cancel(ab_interrupt *ih);
 int ab_interrupt_kick(ab_interrupt *ih);
 int ab_interrupt_running(ab_interrupt *ih);
 int ab_interrupt_dropped(ab_interrupt *ih);
+/* Fault injection for tests: the next `n` kicks do nothing at all (neither
+ * immediate_exit nor a signal), as if the signal had been lost, so only
+ * the retries can stop the vCPU. */
+void ab_interrupt_lose_kicks(ab_interrupt *ih, uint32_t n);
 /* CDEF END */
 
 #endif
