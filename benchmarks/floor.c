@@ -11,6 +11,8 @@
  *   floor threads T N          T threads, one VM each, N round trips each
  *   floor create N [MEM_MIB]   VM creation up to the first guest `out`
  *   floor kill N               pthread_kill -> KVM_RUN returning EINTR
+ *   floor deadline N DELAY_US  absolute-time sleep, then kill: deadline -> the
+ *                              sleeper has seen the vCPU stop
  *
  * Each subcommand prints one line of JSON on stdout. Latencies are
  * per-iteration samples from clock_gettime(CLOCK_MONOTONIC), summarised by
@@ -370,7 +372,7 @@ static void cmd_create(size_t n, size_t mem_mib)
 }
 
 /* ------------------------------------------------------------------------ */
-/* kill N: pthread_kill to a vCPU thread spinning at CPL3 -> EINTR          */
+/* kill N, deadline N DELAY_US: stopping a vCPU spinning at CPL3           */
 /* ------------------------------------------------------------------------ */
 
 enum kill_state { KILL_IDLE, KILL_RUNNING, KILL_STOPPED };
@@ -460,7 +462,17 @@ static unsigned kick_until_stopped(struct kill_ctx *k, pthread_t vcpu, uint64_t 
     }
 }
 
-static void cmd_kill(size_t n)
+/*
+ * kill N: the guest spins, settles for 1 ms, then the caller kicks it; a
+ * sample is pthread_kill -> KVM_RUN returning EINTR (on the vCPU thread).
+ *
+ * deadline N DELAY_US: the caller sleeps until an absolute deadline
+ * (clock_nanosleep, TIMER_ABSTIME) DELAY_US after the guest started, then
+ * kicks it; a sample is deadline -> the caller has seen the vCPU stop. That
+ * is timer lateness + kill + the wake-up of the caller: the floor of any
+ * "stop the guest at a deadline and tell the waiter" design.
+ */
+static void run_kills(size_t n, uint64_t delay_ns)
 {
     const size_t warmup = 3;
     struct kill_ctx k;
@@ -482,11 +494,20 @@ static void cmd_kill(size_t n)
 
     for (size_t i = 0; i < k.rounds; i++) {
         wait_state_change(&k, KILL_IDLE);
-        sleep_ns(KILL_SETTLE_NS); /* the guest is now really in its loop */
-        uint64_t t0;
+        uint64_t t0, deadline = 0;
+        if (delay_ns) {
+            deadline = now_ns() + delay_ns;
+            struct timespec ts = { .tv_sec = deadline / 1000000000ull,
+                                   .tv_nsec = deadline % 1000000000ull };
+            while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
+                ;
+        } else {
+            sleep_ns(KILL_SETTLE_NS); /* the guest is now really in its loop */
+        }
         unsigned signals = kick_until_stopped(&k, tid, &t0);
+        uint64_t seen = now_ns();
         if (i >= warmup) {
-            samples[i - warmup] = k.eintr_ns - t0;
+            samples[i - warmup] = delay_ns ? seen - deadline : k.eintr_ns - t0;
             total_signals += signals;
             if (signals > max_signals)
                 max_signals = signals;
@@ -499,7 +520,7 @@ static void cmd_kill(size_t n)
     char extra[128];
     snprintf(extra, sizeof(extra), ", \"max_signals\": %u, \"mean_signals\": %.3f",
              max_signals, (double)total_signals / (double)n);
-    print_summary("kill", n, &s, extra);
+    print_summary(delay_ns ? "deadline" : "kill", n, &s, extra);
     vm_destroy(&k.vm);
     free(samples);
 }
@@ -515,7 +536,8 @@ static void usage(void)
             "       floor roundtrip-thread N\n"
             "       floor threads T N\n"
             "       floor create N [MEM_MIB]   (MEM_MIB: multiple of 2, default %llu)\n"
-            "       floor kill N\n",
+            "       floor kill N\n"
+            "       floor deadline N DELAY_US\n",
             DEFAULT_MEM_MIB);
     exit(2);
 }
@@ -576,7 +598,13 @@ int main(int argc, char **argv)
         expect_argc(argc, 3, 3);
         size_t n = parse_count(argv[2], "N", 1, 100000);
         kvm_open();
-        cmd_kill(n);
+        run_kills(n, 0);
+    } else if (strcmp(cmd, "deadline") == 0) {
+        expect_argc(argc, 4, 4);
+        size_t n = parse_count(argv[2], "N", 1, 100000);
+        size_t delay_us = parse_count(argv[3], "DELAY_US", 100, 10000000);
+        kvm_open();
+        run_kills(n, (uint64_t)delay_us * 1000ull);
     } else {
         fprintf(stderr, "floor: unknown subcommand '%s'\n", cmd);
         usage();

@@ -1,0 +1,283 @@
+"""Deadline to `CallTimeout`, against the raw kill floor and wasmtime-py's
+epoch interruption.
+
+Per round, interleaved:
+
+  raw C     floor.c `kill N`: pthread_kill(SIGRTMIN) to a thread whose guest
+            spins at CPL3, until its KVM_RUN returns EINTR (the kernel's part
+            of stopping a vCPU; nothing else is in it); and `deadline N T`:
+            clock_nanosleep to an absolute deadline, then the same kill, until
+            the sleeper has seen the vCPU stop (timer + kill + wake-up: the
+            floor of any design that stops a guest at a deadline)
+  aionub    `await sb.call("spin", timeout=T)` on uvloop and on asyncio; each
+            sample is the time from the moment the deadline should fire
+            (just before the call + T) to the moment `CallTimeout` is caught.
+            The sandbox is poisoned by each timeout and restored from a
+            snapshot between samples (re-created if restore() is missing)
+  wasmtime  wasmtime-py calling an export that loops forever (`loop br 0`)
+            in a store with epoch interruption and an epoch deadline of 1; a
+            thread sleeps until the deadline and calls
+            `engine.increment_epoch()`; each sample is the time from the
+            deadline to the moment the trap is caught
+
+The deadline is T = --timeout-ms after the start. The targets divide the
+aionub p50 (and p99) by the floor's p50 (and p99), and the aionub p50 by
+wasmtime's p50; each figure is the median over rounds of that round's
+percentile.
+
+Diagnostics (same run): how late the event loop's own timer is
+(`await asyncio.sleep(T)` measured the same way: nothing of aionub in it),
+`task.cancel()` on a task awaiting `spin` until its CancelledError is caught
+(aionub's kill protocol without the timer), and for wasmtime the time from
+`increment_epoch()` to the trap.
+
+    python benchmarks/bench_timeout.py            # about 60 s on 2 cores
+    python benchmarks/bench_timeout.py --quick    # about 15 s
+    python benchmarks/bench_timeout.py --no-wasmtime
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (  # noqa: E402
+    fmt_us,
+    loops_available,
+    median,
+    percentile,
+    ratio,
+    require_kvm,
+    require_wasmtime,
+    run_on,
+    target,
+)
+from _floor import run_floor  # noqa: E402
+
+import aionub  # noqa: E402
+
+HAVE_RESTORE = hasattr(aionub.Sandbox, "restore") and hasattr(aionub.Sandbox, "snapshot")
+
+WAT_SPIN = """
+(module
+  (func (export "spin")
+    (loop $forever (br $forever))))
+"""
+
+
+def pcts(samples: list[float]) -> dict[str, float]:
+    return {"p50": percentile(samples, 0.5), "p99": percentile(samples, 0.99)}
+
+
+async def aionub_deadlines(n: int, timeout: float) -> dict[str, dict[str, float]]:
+    clock = time.perf_counter
+    loop = asyncio.get_running_loop()
+    deadline_s, sleep_s, cancel_s = [], [], []
+    sb = await aionub.Sandbox.create(aionub.DEMO_GUEST)
+    try:
+        await sb.call("noop")
+        snap = await sb.snapshot() if HAVE_RESTORE else None
+
+        async def fresh() -> aionub.Sandbox:
+            nonlocal sb
+            if snap is not None:
+                await sb.restore(snap)
+            else:
+                await sb.aclose()
+                sb = await aionub.Sandbox.create(aionub.DEMO_GUEST)
+            return sb
+
+        for i in range(n + 3):  # the first 3 are warm-up
+            # The loop's timer alone.
+            t0 = clock()
+            await asyncio.sleep(timeout)
+            late_sleep = clock() - (t0 + timeout)
+
+            # Deadline -> CallTimeout.
+            box = await fresh()
+            t0 = clock()
+            try:
+                await box.call("spin", timeout=timeout)
+            except aionub.CallTimeout:
+                t1 = clock()
+            else:
+                raise RuntimeError("spin() returned")
+            late_deadline = t1 - (t0 + timeout)
+
+            # task.cancel() -> CancelledError, no timer in the measurement.
+            box = await fresh()
+            task = loop.create_task(box.call("spin"))
+            await asyncio.sleep(timeout)
+            t0 = clock()
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                t1 = clock()
+            else:
+                raise RuntimeError("spin() returned")
+            late_cancel = t1 - t0
+            if i >= 3:
+                sleep_s.append(late_sleep * 1e6)
+                deadline_s.append(late_deadline * 1e6)
+                cancel_s.append(late_cancel * 1e6)
+    finally:
+        await sb.aclose()
+    return {"deadline": pcts(deadline_s), "sleep": pcts(sleep_s), "cancel": pcts(cancel_s),
+            "early": {"p50": sum(1 for x in deadline_s if x < 0) / len(deadline_s),
+                      "p99": 0.0}}
+
+
+class EpochTimer:
+    """A thread that increments an engine's epoch at a given deadline."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self.cond = threading.Condition()
+        self.deadline: float | None = None
+        self.fired_at = 0.0
+        self.stopping = False
+        self.thread = threading.Thread(target=self._run, name="epoch-timer", daemon=True)
+        self.thread.start()
+
+    def arm(self, deadline: float) -> None:
+        with self.cond:
+            self.deadline = deadline
+            self.cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                while self.deadline is None and not self.stopping:
+                    self.cond.wait()
+                if self.stopping:
+                    return
+                deadline, self.deadline = self.deadline, None
+            delay = deadline - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            self.fired_at = time.perf_counter()
+            self.engine.increment_epoch()
+
+    def close(self) -> None:
+        with self.cond:
+            self.stopping = True
+            self.cond.notify()
+        self.thread.join()
+
+
+def wasmtime_deadlines(wasmtime, n: int, timeout: float) -> dict[str, dict[str, float]]:
+    config = wasmtime.Config()
+    config.epoch_interruption = True
+    engine = wasmtime.Engine(config)
+    store = wasmtime.Store(engine)
+    spin = wasmtime.Instance(store, wasmtime.Module(engine, WAT_SPIN), []).exports(store)["spin"]
+    timer = EpochTimer(engine)
+    clock = time.perf_counter
+    deadline_s, trap_s = [], []
+    try:
+        for i in range(n + 3):
+            store.set_epoch_deadline(1)
+            t0 = clock()
+            timer.arm(t0 + timeout)
+            try:
+                spin(store)
+            except wasmtime.Trap:
+                t1 = clock()
+            else:
+                raise RuntimeError("spin returned")
+            if i >= 3:
+                deadline_s.append((t1 - (t0 + timeout)) * 1e6)
+                trap_s.append((t1 - timer.fired_at) * 1e6)
+    finally:
+        timer.close()
+    return {"deadline": pcts(deadline_s), "trap": pcts(trap_s)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=300, help="samples per measurement (default 300)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    parser.add_argument("--timeout-ms", type=float, default=2.0, help="the deadline T (default 2 ms)")
+    parser.add_argument("--quick", action="store_true", help="100 samples, 2 rounds")
+    parser.add_argument("--no-wasmtime", action="store_true", help="skip the wasmtime-py comparison")
+    opts = parser.parse_args()
+    if opts.quick:
+        opts.n, opts.rounds = 100, 2
+    if opts.n < 1 or opts.rounds < 1 or opts.timeout_ms <= 0:
+        parser.error("--n, --rounds and --timeout-ms must be positive")
+    require_kvm()
+    wasmtime = None if opts.no_wasmtime else require_wasmtime()
+    loops = loops_available()
+    timeout = opts.timeout_ms / 1000
+
+    res: dict[str, list[float]] = {}
+
+    def add(prefix: str, d: dict[str, float]) -> None:
+        for k, v in d.items():
+            res.setdefault(f"{prefix}_{k}", []).append(v)
+
+    started = time.monotonic()
+    for r in range(opts.rounds):
+        floor = run_floor("kill", opts.n)
+        add("raw", {"p50": floor["p50_us"], "p99": floor["p99_us"]})
+        floor = run_floor("deadline", opts.n, max(100, round(opts.timeout_ms * 1000)))
+        add("rawdl", {"p50": floor["p50_us"], "p99": floor["p99_us"]})
+        for loop in loops:
+            out = run_on(loop, lambda: aionub_deadlines(opts.n, timeout))
+            for what, d in out.items():
+                add(f"{what}_{loop}", d)
+        if wasmtime is not None:
+            out = wasmtime_deadlines(wasmtime, opts.n, timeout)
+            for what, d in out.items():
+                add(f"wasm_{what}", d)
+        print(f"round {r + 1}: raw kill p50 {res['raw_p50'][-1]:.1f} µs, "
+              + ", ".join(f"{loop} {res[f'deadline_{loop}_p50'][-1]:.1f}" for loop in loops)
+              + (f", wasmtime {res['wasm_deadline_p50'][-1]:.1f}" if wasmtime else "")
+              + " µs from deadline to exception (p50)", flush=True)
+    elapsed = time.monotonic() - started
+
+    med = {k: median(v) for k, v in res.items()}
+
+    def row(label: str, key: str) -> None:
+        print(f"  {label:<58} {fmt_us(med[key + '_p50']):>10} {fmt_us(med[key + '_p99']):>10}")
+
+    print(f"\n{opts.n} samples per round, T = {opts.timeout_ms:g} ms, median of {opts.rounds} rounds"
+          f" ({elapsed:.0f} s):")
+    print(f"  {'':<58} {'p50':>10} {'p99':>10}")
+    row("raw C pthread_kill -> KVM_RUN returns EINTR", "raw")
+    row("raw C deadline (clock_nanosleep) -> kill -> sleeper sees stop", "rawdl")
+    for loop in loops:
+        row(f"aionub deadline -> CallTimeout caught, {loop}", f"deadline_{loop}")
+        row(f"  {loop} timer alone: deadline -> asyncio.sleep(T) returns", f"sleep_{loop}")
+        row(f"  task.cancel() -> CancelledError caught, {loop}", f"cancel_{loop}")
+        early = med[f"early_{loop}_p50"]
+        if early:
+            print(f"  ({early:.0%} of the {loop} timeouts fired before the deadline:"
+                  f" its timers have millisecond granularity)")
+    if wasmtime is not None:
+        row("wasmtime-py deadline -> Trap caught (timer thread + epoch)", "wasm_deadline")
+        row("  increment_epoch() -> Trap caught", "wasm_trap")
+    print()
+    for loop in loops:
+        target(f"deadline → CallTimeout on {loop} ÷ raw C kill floor, p50",
+               ratio(med[f"deadline_{loop}_p50"], med["raw_p50"]), "≤ 3")
+        target(f"deadline → CallTimeout on {loop} ÷ raw C kill floor, p99",
+               ratio(med[f"deadline_{loop}_p99"], med["raw_p99"]), "≤ 10")
+    for loop in loops:
+        name = f"deadline → CallTimeout on {loop} ÷ wasmtime-py epoch interrupt, p50"
+        if wasmtime is None:
+            target(name, "skipped (--no-wasmtime)", "≤ 1.0")
+        else:
+            target(name, ratio(med[f"deadline_{loop}_p50"], med["wasm_deadline_p50"]), "≤ 1.0")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
