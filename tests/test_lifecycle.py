@@ -168,11 +168,14 @@ async def test_host_function_errors_fail_the_call_without_poisoning() -> None:
         assert await sb.call("add", 2, 2) == 4
 
 
-async def test_stats_count_calls(demo: aionub.Sandbox) -> None:
+async def test_stats_count_calls_and_one_kvm_run_per_call(demo: aionub.Sandbox) -> None:
     before = aionub.process_stats()["calls"]
+    runs = demo.stats()["runs"]
     for _ in range(5):
         await demo.call("noop")
     stats = demo.stats()
     assert stats["calls"] == 5
-    assert stats["runs"] >= 5
-    assert aionub.process_stats()["calls"] >= before + 5
+    assert stats["runs"] - runs == 5  # the hot path: exactly one KVM_RUN per call
+    await demo.call("log", "one record")
+    assert demo.stats()["runs"] - runs == 7  # a log record costs one more
+    assert aionub.process_stats()["calls"] >= before + 6
