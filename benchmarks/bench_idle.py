@@ -1,0 +1,206 @@
+"""1,000 idle sandboxes in one process: do they all come up, and what does
+each cost in host memory beyond the guest pages it touched?
+
+Accounting
+----------
+The process's resident set (VmRSS, /proc/self/status) is read before the
+sandboxes exist and again with all of them alive, after a garbage
+collection each time. The growth is split in two:
+
+  guest pages   every page of every sandbox's guest memory that is resident,
+                counted with mincore(2) over the sandbox's guest memory
+                mapping (its address and size come from the C core). This is
+                what the guest image, its buffers, heap and stack, and the
+                host-built page tables / GDT / TSS in guest memory occupy:
+                the part that grows with what the guest does.
+  user side     everything else the process gained: the vCPU thread's stack
+                and TLS, the kvm_run mapping, C allocations (sandbox struct,
+                snapshot state), Python objects (Sandbox, binding, buffers),
+                allocator slack. This is the target: per sandbox,
+                (VmRSS growth - guest pages) / sandboxes <= 256 KiB.
+
+Kernel memory (KVM's vCPU and VM structures, the nested hypervisor's page
+tables, thread kernel stacks, eventfds) is not part of any RSS. Nor is the
+kernel's per-VM `kvm-nx-lpage-recovery` worker, which shows up as a thread of
+the process next to each `aionub-vcpu` thread. The script
+prints the growth of the kernel's own counters (Slab, KernelStack,
+PageTables, SecPageTables in /proc/meminfo) for information only: other
+processes on a shared machine move them too.
+
+The measurement is taken twice: right after creation (idle, never called),
+and after one `noop` call on every sandbox (idle after use). The target line
+uses the second, the larger. RLIMIT_NOFILE is raised to its hard limit
+(each sandbox holds a few file descriptors).
+
+    python benchmarks/bench_idle.py                 # 1,000 sandboxes, about 30 s
+    python benchmarks/bench_idle.py --quick         # 200 sandboxes
+    python benchmarks/bench_idle.py --sandboxes 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import gc
+import mmap
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import require_kvm, target  # noqa: E402
+
+import aionub  # noqa: E402
+from aionub import _native  # noqa: E402
+
+PAGE = mmap.PAGESIZE
+KiB = 1024
+KERNEL_FIELDS = ("Slab", "KernelStack", "PageTables", "SecPageTables")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+_libc.mincore.restype = ctypes.c_int
+
+
+def status_kib(field: str = "VmRSS") -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def meminfo_kib() -> dict[str, int]:
+    out = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            name, _, rest = line.partition(":")
+            if name in KERNEL_FIELDS:
+                out[name] = int(rest.split()[0])
+    return out
+
+
+def resident_pages(address: int, size: int) -> int:
+    vec = ctypes.create_string_buffer((size + PAGE - 1) // PAGE)
+    if _libc.mincore(ctypes.c_void_p(address), size, vec) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mincore({address:#x}, {size}) failed")
+    return sum(b & 1 for b in vec.raw)
+
+
+def guest_ranges(boxes: list[aionub.Sandbox]) -> list[tuple[int, int]]:
+    """(address, size) of each sandbox's guest memory (private attributes:
+    this is a benchmark, not an API)."""
+    ffi, lib = _native.ffi, _native.lib
+    out = []
+    for sb in boxes:
+        native = sb._native
+        address = int(ffi.cast("uintptr_t", lib.ab_sandbox_memory(native.ptr)))
+        out.append((address, int(native.layout.memory_size)))
+    return out
+
+
+def thread_names() -> dict[str, int]:
+    """Threads of this process by name (comm)."""
+    counts: dict[str, int] = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                name = f.read().strip()
+        except OSError:
+            continue
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def snapshot_state(boxes: list[aionub.Sandbox]) -> dict[str, Any]:
+    gc.collect()
+    guest = sum(resident_pages(a, s) for a, s in guest_ranges(boxes)) * PAGE // KiB
+    return {"rss": status_kib("VmRSS"), "guest": guest, "threads": thread_names(),
+            **meminfo_kib()}
+
+
+async def run(n: int, batch: int) -> dict[str, dict[str, Any]]:
+    boxes: list[aionub.Sandbox] = []
+    # One sandbox first and closed again: loads the guest image, the native
+    # module and the code paths, so that "before" already holds them.
+    async with aionub.Sandbox.create(aionub.DEMO_GUEST) as sb:
+        await sb.call("noop")
+    before = snapshot_state([])
+    t0 = time.perf_counter()
+    try:
+        while len(boxes) < n:
+            k = min(batch, n - len(boxes))
+            boxes += await asyncio.gather(*(aionub.Sandbox.create(aionub.DEMO_GUEST) for _ in range(k)))
+        created_s = time.perf_counter() - t0
+        idle = snapshot_state(boxes)
+        t0 = time.perf_counter()
+        results = await asyncio.gather(*(sb.call("add", i, 1) for i, sb in enumerate(boxes)))
+        called_s = time.perf_counter() - t0
+        if results != [i + 1 for i in range(n)]:
+            raise RuntimeError("a sandbox returned a wrong result")
+        used = snapshot_state(boxes)
+        alive = sum(1 for sb in boxes if not sb.closed and not sb.poisoned)
+    finally:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(sb.aclose() for sb in boxes), return_exceptions=True)
+        closed_s = time.perf_counter() - t0
+    return {"before": before, "idle": idle, "used": used,
+            "info": {"created": len(boxes), "alive": alive, "created_s": created_s,
+                     "called_s": called_s, "closed_s": closed_s}}
+
+
+def describe(label: str, state: dict[str, Any], before: dict[str, Any], n: int) -> float:
+    grow = state["rss"] - before["rss"]
+    guest = state["guest"]
+    user = (grow - guest) / n
+    print(f"  {label}:")
+    print(f"    VmRSS growth            {grow:>10,} KiB   ({grow / n:,.1f} KiB per sandbox)")
+    print(f"    guest pages resident    {guest:>10,} KiB   ({guest / n:,.1f} KiB per sandbox)")
+    print(f"    user side               {grow - guest:>10,} KiB   ({user:,.1f} KiB per sandbox)")
+    kernel = ", ".join(f"{f} {(state[f] - before[f]) / n:+,.1f}" for f in KERNEL_FIELDS if f in state)
+    print(f"    kernel, per sandbox (KiB, machine-wide, information only): {kernel}")
+    threads = state["threads"]
+    print(f"    threads in the process: {sum(threads.values()):,} ("
+          + ", ".join(f"{v:,} {k}" for k, v in sorted(threads.items(), key=lambda kv: -kv[1])) + ")")
+    return user
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sandboxes", type=int, default=1000, help="sandboxes (default 1000)")
+    parser.add_argument("--batch", type=int, default=50, help="sandboxes created concurrently (default 50)")
+    parser.add_argument("--quick", action="store_true", help="200 sandboxes")
+    opts = parser.parse_args()
+    if opts.quick:
+        opts.sandboxes = 200
+    if opts.sandboxes < 1 or opts.batch < 1:
+        parser.error("--sandboxes and --batch must be >= 1")
+    require_kvm()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+    n = opts.sandboxes
+    out = asyncio.run(run(n, opts.batch))
+    info = out["info"]
+    print(f"{info['created']:,} of {n:,} sandboxes created in {info['created_s']:.1f} s"
+          f" (batches of {opts.batch}); one call on each: {info['called_s'] * 1000:.0f} ms;"
+          f" closing all: {info['closed_s']:.1f} s")
+    describe("idle, never called", out["idle"], out["before"], n)
+    user = describe("idle after one call each", out["used"], out["before"], n)
+    print()
+    all_up = info["created"] == n and info["alive"] == n
+    target(f"{n:,} idle sandboxes in one process",
+           f"{'all' if all_up else info['alive']} created, user-side RSS {user:,.0f} KiB per sandbox"
+           f" beyond touched guest pages", "all created; ≤ 256 KiB")
+    return 0 if all_up else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
