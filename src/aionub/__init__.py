@@ -30,6 +30,8 @@ from ._exceptions import (
 from ._interrupt import InterruptHandle as InterruptHandle
 from ._native import process_stats as process_stats
 from ._paths import DEMO_GUEST as DEMO_GUEST
+from ._pool import PoolTimeout as PoolTimeout
+from ._pool import SandboxPool as SandboxPool
 from ._sandbox import Sandbox as Sandbox
 from ._snapshot import Snapshot as Snapshot
 from ._wire import GuestFunction as GuestFunction
@@ -49,12 +51,14 @@ __all__ = (
     "HostFunctionError",
     "InterruptHandle",
     "InvalidGuest",
+    "PoolTimeout",
     "KvmUnavailable",
     "Sandbox",
     "SandboxClosed",
     "SandboxConfig",
     "SandboxError",
     "SandboxPoisoned",
+    "SandboxPool",
     "Snapshot",
     "StackOverflow",
     "VmError",

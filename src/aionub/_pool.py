@@ -1,0 +1,231 @@
+"""SandboxPool: sandboxes of one guest, created ahead of time and handed out
+reset to a snapshot, for servers that run a guest function per request."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ._config import SandboxConfig
+from ._exceptions import SandboxClosed, SandboxError
+from ._sandbox import HostFunction, Sandbox, _check_host_functions, _read_guest
+from ._snapshot import Snapshot
+
+__all__ = ("SandboxPool", "PoolTimeout")
+
+
+class PoolTimeout(SandboxError, TimeoutError):
+    """No sandbox of the pool became free within ``acquire_timeout``."""
+
+
+@dataclass(eq=False, slots=True)
+class _Entry:
+    sandbox: Sandbox
+    snapshot: Snapshot
+
+
+class SandboxPool:
+    """``size`` sandboxes of ``guest`` created by :meth:`start` (or ``async
+    with``), growing on demand up to ``max_size``.
+
+    ``async with pool.acquire() as sb:`` hands out a sandbox in the state of
+    the pool's snapshot, taken right after the sandbox was created: whatever
+    one user did (including poisoning it) is undone before the next user
+    gets it. When every sandbox is busy, ``acquire`` waits, first come first
+    served, for at most ``acquire_timeout`` seconds (None: no limit), then
+    raises :class:`PoolTimeout`. Other keyword arguments are sandbox options.
+    """
+
+    def __init__(
+        self,
+        guest: str | os.PathLike[str] | bytes,
+        *,
+        size: int = 4,
+        max_size: int | None = None,
+        acquire_timeout: float | None = None,
+        host_functions: Mapping[str, HostFunction] | None = None,
+        **config: Any,
+    ) -> None:
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ValueError(f"size must be a positive int, got {size!r}")
+        if max_size is None:
+            max_size = size
+        if not isinstance(max_size, int) or isinstance(max_size, bool) or max_size < size:
+            raise ValueError(f"max_size must be an int >= size ({size}), got {max_size!r}")
+        if acquire_timeout is not None and (
+            not isinstance(acquire_timeout, int | float)
+            or isinstance(acquire_timeout, bool)
+            or math.isnan(acquire_timeout)
+            or acquire_timeout < 0
+        ):
+            raise ValueError(f"acquire_timeout must be None or a non-negative number, got {acquire_timeout!r}")
+        SandboxConfig.from_kwargs(config)  # fail early on bad options
+        self._image, self._label = _read_guest(guest)
+        self._host_functions = _check_host_functions(host_functions)
+        self._config = config
+        self._size = size
+        self._max_size = max_size
+        self._acquire_timeout = acquire_timeout
+        self._entries: set[_Entry] = set()  # every live sandbox, idle or busy
+        self._creating = 0
+        self._send: MemoryObjectSendStream[_Entry] | None = None
+        self._recv: MemoryObjectReceiveStream[_Entry] | None = None
+        self._closed = False
+
+    # ---- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Create the first ``size`` sandboxes (concurrently)."""
+        if self._send is not None:
+            raise RuntimeError("the pool is already started")
+        if self._closed:
+            raise SandboxClosed("the pool is closed")
+        self._send, self._recv = anyio.create_memory_object_stream[_Entry](math.inf)
+        try:
+            async with anyio.create_task_group() as tg:
+                for _ in range(self._size):
+                    tg.start_soon(self._add_idle)
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        """Close every sandbox (calls in flight raise SandboxClosed) and wake
+        waiters with SandboxClosed. Idempotent."""
+        self._closed = True
+        if self._send is not None:
+            self._send.close()
+        entries, self._entries = self._entries, set()
+        with anyio.CancelScope(shield=True):
+            for entry in entries:
+                await entry.sandbox.aclose()
+
+    async def __aenter__(self) -> SandboxPool:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # ---- checkout ------------------------------------------------------------------
+
+    def acquire(self) -> _Checkout:
+        """``async with pool.acquire() as sandbox: ...``"""
+        return _Checkout(self)
+
+    @property
+    def size(self) -> int:
+        """Sandboxes alive now, idle or busy."""
+        return len(self._entries)
+
+    @property
+    def idle(self) -> int:
+        """Sandboxes waiting to be handed out."""
+        return self._recv.statistics().current_buffer_used if self._recv is not None else 0
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{self.size} sandboxes, {self.idle} idle"
+        return f"<SandboxPool {self._label} [{state}]>"
+
+    async def _new_entry(self) -> _Entry:
+        sandbox = await Sandbox.create(self._image, host_functions=self._host_functions, **self._config)
+        try:
+            snapshot = await sandbox.snapshot()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await sandbox.aclose()
+            raise
+        entry = _Entry(sandbox, snapshot)
+        if self._closed:
+            with anyio.CancelScope(shield=True):
+                await sandbox.aclose()
+            raise SandboxClosed("the pool was closed")
+        self._entries.add(entry)
+        return entry
+
+    async def _add_idle(self) -> None:
+        entry = await self._new_entry()
+        assert self._send is not None
+        self._send.send_nowait(entry)
+
+    async def _checkout(self) -> _Entry:
+        if self._closed:
+            raise SandboxClosed("the pool is closed")
+        if self._recv is None:
+            raise RuntimeError("start the pool first: 'async with pool:' or 'await pool.start()'")
+        try:
+            return self._recv.receive_nowait()
+        except anyio.WouldBlock:
+            pass
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            raise SandboxClosed("the pool is closed") from None
+        if len(self._entries) + self._creating < self._max_size:
+            self._creating += 1  # grow; counted before the await so others see it
+            try:
+                return await self._new_entry()
+            finally:
+                self._creating -= 1
+        try:
+            if self._acquire_timeout is None:
+                return await self._recv.receive()
+            with anyio.fail_after(self._acquire_timeout):
+                return await self._recv.receive()
+        except TimeoutError:
+            raise PoolTimeout(
+                f"no sandbox of the pool became free within {self._acquire_timeout} s "
+                f"({len(self._entries)} busy, max_size {self._max_size})"
+            ) from None
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            raise SandboxClosed("the pool is closed") from None
+
+    async def _checkin(self, entry: _Entry) -> None:
+        """Reset the sandbox to the snapshot and make it available again; a
+        sandbox that cannot be reset (closed by the user, say) is dropped."""
+        with anyio.CancelScope(shield=True):
+            if not self._closed and entry in self._entries:
+                try:
+                    await entry.sandbox.restore(entry.snapshot)
+                except SandboxError:
+                    pass
+                else:
+                    assert self._send is not None
+                    self._send.send_nowait(entry)
+                    return
+            self._entries.discard(entry)
+            await entry.sandbox.aclose()
+
+
+class _Checkout:
+    __slots__ = ("_pool", "_entry")
+
+    def __init__(self, pool: SandboxPool) -> None:
+        self._pool = pool
+        self._entry: _Entry | None = None
+
+    async def __aenter__(self) -> Sandbox:
+        if self._entry is not None:
+            raise RuntimeError("this checkout is already in use")
+        self._entry = await self._pool._checkout()
+        return self._entry.sandbox
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        entry, self._entry = self._entry, None
+        if entry is not None:
+            await self._pool._checkin(entry)
