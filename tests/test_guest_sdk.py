@@ -169,7 +169,7 @@ def test_build_guest_rejects_no_sources(tmp_path: Path) -> None:
 
 
 def test_build_guest_names_a_missing_source(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="nope.c"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.c"):
         _build.build_guest(tmp_path / "nope.c", tmp_path / "g.elf", sdk=SOURCE_SDK)
 
 

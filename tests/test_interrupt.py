@@ -4,6 +4,7 @@ that the event loop never blocks on a kill."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 
@@ -94,7 +95,7 @@ async def test_kills_never_hit_another_sandbox() -> None:
 
         async def work_b() -> None:
             total = 0
-            for i in range(200):
+            for _ in range(200):
                 total += await b.call("fib", 12)
             outcome["b"] = total
 
@@ -132,7 +133,7 @@ def test_sandbox_used_from_several_threads_in_turn_is_killable_everywhere() -> N
         def run() -> None:
             try:
                 asyncio.run(coro_fn())  # type: ignore[operator]
-            except BaseException as exc:  # noqa: BLE001 - reported below
+            except BaseException as exc:  # reported below
                 errors.append(exc)
 
         t = threading.Thread(target=run)
@@ -171,4 +172,4 @@ async def test_event_loop_keeps_ticking_while_a_kill_needs_retries() -> None:
         # ...and the loop kept running meanwhile: no gap near `retry` long.
         during = [t for t in ticks if start <= t <= start + elapsed]
         assert len(during) >= 10
-        assert max(b - a for a, b in zip(during, during[1:])) < retry / 2
+        assert max(b - a for a, b in itertools.pairwise(during)) < retry / 2

@@ -36,7 +36,9 @@ async def test_unknown_function(demo: aionub.Sandbox) -> None:
         ("fib", (None,), r"fib\(\) argument 1 must be int, not NoneType"),
     ],
 )
-async def test_wrong_arguments_raise_type_error(demo: aionub.Sandbox, name: str, args: tuple[object, ...], message: str) -> None:
+async def test_wrong_arguments_raise_type_error(
+    demo: aionub.Sandbox, name: str, args: tuple[object, ...], message: str
+) -> None:
     with pytest.raises(TypeError, match=message):
         await demo.call(name, *args)
     assert not demo.poisoned
@@ -96,7 +98,11 @@ async def test_closed_sandbox() -> None:
         ({"sig_rt_min_offset": 40}, ValueError, "sig_rt_min_offset"),
         ({"interrupt_retry_delay": 0}, ValueError, "interrupt_retry_delay"),
         ({"no_such_option": 1}, TypeError, "unknown sandbox option 'no_such_option'"),
-        ({"memory_size": 2 * 1024 * 1024, "input_size": 1024 * 1024, "output_size": 1024 * 1024}, ValueError, "too small"),
+        (
+            {"memory_size": 2 * 1024 * 1024, "input_size": 1024 * 1024, "output_size": 1024 * 1024},
+            ValueError,
+            "too small",
+        ),
     ],
 )
 async def test_bad_config(options: dict[str, object], error: type[Exception], message: str) -> None:

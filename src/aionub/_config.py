@@ -72,7 +72,8 @@ class SandboxConfig:
                 raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
             low_ok = value > 0 if name != "spin_time" else value >= 0
             if not (low_ok and value <= upper) or math.isnan(value):
-                raise ValueError(f"{name} must be in {'[0' if name == 'spin_time' else '(0'}, {upper}] seconds, got {value}")
+                low = "[0" if name == "spin_time" else "(0"
+                raise ValueError(f"{name} must be in {low}, {upper}] seconds, got {value}")
         offset = self.sig_rt_min_offset
         if not isinstance(offset, int) or isinstance(offset, bool):
             raise TypeError(f"sig_rt_min_offset must be an int, not {type(offset).__name__}")

@@ -7,8 +7,8 @@ import errno
 import os
 from typing import Any
 
-from ._exceptions import InvalidGuest, KvmUnavailable, SandboxError
 from ._aionub_native import ffi, lib  # type: ignore[import-not-found]
+from ._exceptions import InvalidGuest, KvmUnavailable, SandboxError
 
 __all__ = ("ffi", "lib", "NativeSandbox", "probe_kvm", "process_stats")
 
@@ -130,5 +130,6 @@ class NativeSandbox:
             return
         for view in (self.input, self.output):
             view.release()
-        self.ptr = self.event = self.input = self.output = self.memory = None
+        self.ptr = self.event = self.memory = None
+        self.input = self.output = None  # type: ignore[assignment]  # never used after destroy()
         ffi.release(ptr)  # runs ab_sandbox_destroy now

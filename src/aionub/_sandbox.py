@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
-from . import _native
+from . import _abi, _native
 from ._binding import AnyioBinding, AsyncioBinding, Binding
 from ._config import SandboxConfig
 from ._errors import event_error
@@ -32,9 +32,7 @@ from ._exceptions import (
     SandboxPoisoned,
 )
 from ._interrupt import InterruptHandle
-from ._snapshot import Snapshot
 from ._native import (
-    lib,
     CMD_CALL,
     CMD_RESUME,
     EV_HOSTCALL,
@@ -42,9 +40,10 @@ from ._native import (
     EV_READY,
     EV_RESULT,
     NativeSandbox,
+    lib,
 )
+from ._snapshot import Snapshot
 from ._wire import GuestFunction, Reader, decode_args, decode_function_table, encode_call, encode_value
-from . import _abi
 
 __all__ = ("Sandbox",)
 

@@ -126,7 +126,7 @@ def encode_call(fn: GuestFunction, prefix: bytes, args: Sequence[object]) -> byt
     if not args:
         return prefix + b"\x00"
     parts = [prefix, bytes((len(args),))]
-    for i, (tag, value) in enumerate(zip(fn.params, args)):
+    for i, (tag, value) in enumerate(zip(fn.params, args, strict=True)):
         value = _check_param(fn, i, tag, value)
         parts.append(encode_value(value, f"{fn.name}() argument {i + 1}"))
     return b"".join(parts)
