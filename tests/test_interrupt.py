@@ -149,7 +149,7 @@ def test_sandbox_used_from_several_threads_in_turn_is_killable_everywhere() -> N
 
 
 async def test_event_loop_keeps_ticking_while_a_kill_needs_retries() -> None:
-    retry = 0.2
+    retry = 0.5
     async with aionub.Sandbox.create(aionub.DEMO_GUEST, interrupt_retry_delay=retry) as sb:
         _native.lib.ab_interrupt_lose_kicks(sb._ih, 1)  # the first kick is lost
         ticks: list[float] = []
