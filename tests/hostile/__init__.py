@@ -1,0 +1,65 @@
+"""The hostile-guest corpus: C guests written with the SDK, compiled by the
+tests with ``aionub.build_guest`` and cached for the test session.
+
+``hostile.c`` exports one function per misbehaviour after start-up;
+``bad_init.c`` misbehaves before the guest is ready, in the way selected by
+its stack size (``bad_init_options``)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import aionub
+
+HERE = Path(__file__).resolve().parent
+
+#: bad_init.c's behaviours; the guest reads the number from its stack size.
+BAD_INIT = {
+    "table_garbage": 1,
+    "table_len_lie": 2,
+    "table_bad_tag": 3,
+    "table_duplicate": 4,
+    "result_first": 5,
+    "spin": 6,
+    "fault": 7,
+    "abort": 8,
+    "privileged": 9,
+    "table_huge_count": 10,
+}
+_BAD_INIT_BASE = 32  # pages; BAD_INIT_BASE in bad_init.c
+
+
+def bad_init_options(behaviour: str) -> dict[str, Any]:
+    """The sandbox options that make bad_init.c misbehave this way."""
+    return {"stack_size": (_BAD_INIT_BASE + BAD_INIT[behaviour]) * 4096}
+
+
+_lock = threading.Lock()
+_built: dict[str, Path] = {}
+
+
+def _out_dir(factory: pytest.TempPathFactory) -> Path:
+    out = factory.getbasetemp() / "hostile-guests"
+    out.mkdir(exist_ok=True)
+    return out
+
+
+def _build(factory: pytest.TempPathFactory, name: str) -> Path:
+    with _lock:
+        if name not in _built:
+            _built[name] = aionub.build_guest([HERE / f"{name}.c"], _out_dir(factory) / f"{name}.elf")
+        return _built[name]
+
+
+def bad_init_guest(factory: pytest.TempPathFactory) -> Path:
+    """``bad_init.c``, built once per session."""
+    return _build(factory, "bad_init")
+
+
+def hostile_guest(factory: pytest.TempPathFactory) -> Path:
+    """``hostile.c``, built once per session."""
+    return _build(factory, "hostile")
