@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import hashlib
+import mmap
 import os
 import shlex
 import subprocess
@@ -34,6 +35,8 @@ __all__ = [
     "require_wasmtime",
     "require_kvm",
     "fmt_us",
+    "guest_memory",
+    "resident_pages",
 ]
 
 HERE = Path(__file__).resolve().parent
@@ -215,3 +218,31 @@ def require_wasmtime() -> Any:
             "or pass --no-wasmtime to skip that comparison."
         )
     return wasmtime
+
+
+# ---------------------------------------------------------------------------
+# Guest memory residency
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+_libc.mincore.restype = ctypes.c_int
+
+
+def resident_pages(address: int, size: int) -> int:
+    """Pages of [address, address + size) that are resident (mincore(2))."""
+    page = mmap.PAGESIZE
+    vec = ctypes.create_string_buffer((size + page - 1) // page)
+    if _libc.mincore(ctypes.c_void_p(address), size, vec) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mincore({address:#x}, {size}) failed: {os.strerror(err)}")
+    return sum(b & 1 for b in vec.raw)
+
+
+def guest_memory(sb: Any) -> tuple[int, int]:
+    """(address, size) of a sandbox's guest memory mapping. Uses private
+    attributes of aionub: this is a benchmark, not an API."""
+    from aionub import _native
+
+    native = sb._native
+    address = int(_native.ffi.cast("uintptr_t", _native.lib.ab_sandbox_memory(native.ptr)))
+    return address, int(native.layout.memory_size)

@@ -19,6 +19,14 @@ Targets: cold create + first call ÷ raw C create + first entry, and restore
 ÷ cold create (`Sandbox.create` alone: both leave a sandbox ready for a
 call). Each is a ratio of p50s, the medians over rounds.
 
+Diagnostic: the floor's guest touches one code page before its first exit;
+a real guest's runtime touches its data, stack, heap and buffers while it
+initialises, and on nested KVM each first touch of a page costs a few µs.
+`floor create N 8 P` has the raw guest write to P pages first, P being the
+number of guest pages resident in a demo sandbox after its first call (an
+upper bound on what its guest touched), which gives the floor for a guest
+of this size.
+
     python benchmarks/bench_create.py            # about 40 s on 2 cores
     python benchmarks/bench_create.py --quick    # about 10 s
 """
@@ -33,7 +41,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import fmt_us, loops_available, median, percentile, require_kvm, run_on, target  # noqa: E402
+from _common import (  # noqa: E402
+    fmt_us,
+    guest_memory,
+    loops_available,
+    median,
+    percentile,
+    require_kvm,
+    resident_pages,
+    run_on,
+    target,
+)
 from _floor import run_floor  # noqa: E402
 
 import aionub  # noqa: E402
@@ -106,6 +124,12 @@ async def measure(n: int, with_restore: bool) -> dict[str, float]:
     return out
 
 
+async def demo_resident_pages() -> int:
+    async with aionub.Sandbox.create(aionub.DEMO_GUEST) as sb:
+        await sb.call("noop")
+        return resident_pages(*guest_memory(sb))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=200, help="creations per measurement (default 200)")
@@ -122,9 +146,13 @@ def main() -> int:
         print("note: this aionub has no Sandbox.snapshot()/restore(); restore is not measured",
               file=sys.stderr)
 
+    touch = asyncio.run(demo_resident_pages())
     res: dict[str, list[float]] = {}
     started = time.monotonic()
     for r in range(opts.rounds):
+        touched = run_floor("create", opts.n, 8, touch)
+        res.setdefault("raw_touch", []).append(touched["p50_us"])
+        res.setdefault("raw_touch_entry", []).append(touched["first_entry_p50_us"])
         floor = run_floor("create", opts.n)
         res.setdefault("raw", []).append(floor["p50_us"])
         res.setdefault("raw_setup", []).append(floor["setup_p50_us"])
@@ -145,6 +173,8 @@ def main() -> int:
     print(f"  raw C create + first entry (8 MiB)          {fmt_us(med['raw']):>10}"
           f"   (setup {fmt_us(med['raw_setup'])}, first entry {fmt_us(med['raw_entry'])};"
           f" teardown {fmt_us(med['raw_teardown'])})")
+    label = f"raw C, guest touching {touch} pages first"
+    print(f"  {label:<43} {fmt_us(med['raw_touch']):>10}   (first entry {fmt_us(med['raw_touch_entry'])})")
     for loop in loops:
         print(f"  aionub cold create + first call, {loop:<8}   {fmt_us(med[f'cold_{loop}']):>10}"
               f"   (Sandbox.create {fmt_us(med[f'create_{loop}'])}, first call"
@@ -155,6 +185,9 @@ def main() -> int:
                   f"   (+ first call {fmt_us(med[f'restore_call_{loop}'])}; after a timeout"
                   f" {fmt_us(med[f'restore_poisoned_{loop}'])}; snapshot"
                   f" {fmt_us(med[f'snapshot_{loop}'])}, {med[f'snapshot_kib_{loop}']:.0f} KiB)")
+    for loop in loops:
+        print(f"  aionub cold create + first call on {loop} ÷ raw C touching {touch} pages:"
+              f" {med[f'cold_{loop}'] / med['raw_touch']:.2f}")
     print()
     for loop in loops:
         target(f"cold Sandbox.create + first call on {loop} ÷ raw C create + first entry",

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import gc
 import mmap
 import os
@@ -53,19 +52,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import require_kvm, target  # noqa: E402
+from _common import guest_memory, require_kvm, resident_pages, target  # noqa: E402
 
 import aionub  # noqa: E402
-from aionub import _native  # noqa: E402
 
 PAGE = mmap.PAGESIZE
 KiB = 1024
 KERNEL_FIELDS = ("Slab", "KernelStack", "PageTables", "SecPageTables")
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
-_libc.mincore.restype = ctypes.c_int
-
 
 def status_kib(field: str = "VmRSS") -> int:
     with open("/proc/self/status") as f:
@@ -85,26 +78,6 @@ def meminfo_kib() -> dict[str, int]:
     return out
 
 
-def resident_pages(address: int, size: int) -> int:
-    vec = ctypes.create_string_buffer((size + PAGE - 1) // PAGE)
-    if _libc.mincore(ctypes.c_void_p(address), size, vec) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"mincore({address:#x}, {size}) failed")
-    return sum(b & 1 for b in vec.raw)
-
-
-def guest_ranges(boxes: list[aionub.Sandbox]) -> list[tuple[int, int]]:
-    """(address, size) of each sandbox's guest memory (private attributes:
-    this is a benchmark, not an API)."""
-    ffi, lib = _native.ffi, _native.lib
-    out = []
-    for sb in boxes:
-        native = sb._native
-        address = int(ffi.cast("uintptr_t", lib.ab_sandbox_memory(native.ptr)))
-        out.append((address, int(native.layout.memory_size)))
-    return out
-
-
 def thread_names() -> dict[str, int]:
     """Threads of this process by name (comm)."""
     counts: dict[str, int] = {}
@@ -120,7 +93,7 @@ def thread_names() -> dict[str, int]:
 
 def snapshot_state(boxes: list[aionub.Sandbox]) -> dict[str, Any]:
     gc.collect()
-    guest = sum(resident_pages(a, s) for a, s in guest_ranges(boxes)) * PAGE // KiB
+    guest = sum(resident_pages(*guest_memory(sb)) for sb in boxes) * PAGE // KiB
     return {"rss": status_kib("VmRSS"), "guest": guest, "threads": thread_names(),
             **meminfo_kib()}
 

@@ -9,7 +9,9 @@
  *   floor roundtrip-thread N   the same through a dedicated vCPU thread
  *                              (futex request, eventfd completion)
  *   floor threads T N          T threads, one VM each, N round trips each
- *   floor create N [MEM_MIB]   VM creation up to the first guest `out`
+ *   floor create N [MEM_MIB [TOUCH_PAGES]]
+ *                              VM creation up to the first guest `out` (the
+ *                              guest first writes to TOUCH_PAGES pages)
  *   floor kill N               pthread_kill -> KVM_RUN returning EINTR
  *   floor deadline N DELAY_US  absolute-time sleep, then kill: deadline -> the
  *                              sleeper has seen the vCPU stop
@@ -325,7 +327,7 @@ static void cmd_threads(size_t threads, size_t n)
 /* create N: VM creation up to the first `out`, then teardown               */
 /* ------------------------------------------------------------------------ */
 
-static void cmd_create(size_t n, size_t mem_mib)
+static void cmd_create(size_t n, size_t mem_mib, size_t touch_pages)
 {
     size_t mem_size = mem_mib * MIB;
     uint64_t *total = alloc_samples(n);
@@ -335,13 +337,13 @@ static void cmd_create(size_t n, size_t mem_mib)
     struct vm vm;
 
     /* Warm-up: page in the code paths and the kernel's caches. */
-    vm_setup(&vm, mem_size);
+    vm_setup_touching(&vm, mem_size, touch_pages);
     vm_run_expect_out(&vm);
     vm_destroy(&vm);
 
     for (size_t i = 0; i < n; i++) {
         uint64_t t0 = now_ns();
-        vm_setup(&vm, mem_size);
+        vm_setup_touching(&vm, mem_size, touch_pages);
         uint64_t t1 = now_ns();
         vm_run_expect_out(&vm);
         uint64_t t2 = now_ns();
@@ -361,9 +363,9 @@ static void cmd_create(size_t n, size_t mem_mib)
     struct summary down = summarise(teardown, n);
     char extra[256];
     snprintf(extra, sizeof(extra),
-             ", \"mem_mib\": %zu, \"setup_p50_us\": %.3f, \"first_entry_p50_us\": %.3f, "
+             ", \"mem_mib\": %zu, \"touch_pages\": %zu, \"setup_p50_us\": %.3f, \"first_entry_p50_us\": %.3f, "
              "\"teardown_p50_us\": %.3f, \"teardown_p90_us\": %.3f",
-             mem_mib, prep.p50_us, entry.p50_us, down.p50_us, down.p90_us);
+             mem_mib, touch_pages, prep.p50_us, entry.p50_us, down.p50_us, down.p90_us);
     print_summary("create", n, &s, extra);
     free(total);
     free(setup);
@@ -426,7 +428,7 @@ static void *kill_vcpu_main(void *arg)
 {
     struct kill_ctx *k = arg;
     for (size_t i = 0; i < k->rounds; i++) {
-        vcpu_set_regs(&k->vm, GUEST_SPIN_ADDR);
+        vcpu_set_regs(&k->vm, GUEST_SPIN_ADDR, 0);
         __atomic_store_n(&k->vm.run->immediate_exit, 0, __ATOMIC_RELAXED);
         set_state(k, KILL_RUNNING);
         int rc = ioctl(k->vm.vcpu_fd, KVM_RUN, NULL);
@@ -535,7 +537,9 @@ static void usage(void)
             "usage: floor roundtrip N\n"
             "       floor roundtrip-thread N\n"
             "       floor threads T N\n"
-            "       floor create N [MEM_MIB]   (MEM_MIB: multiple of 2, default %llu)\n"
+            "       floor create N [MEM_MIB [TOUCH_PAGES]]\n"
+            "             (MEM_MIB: multiple of 2, default %llu; the guest writes to\n"
+            "              TOUCH_PAGES pages before its first exit, default 0)\n"
             "       floor kill N\n"
             "       floor deadline N DELAY_US\n",
             DEFAULT_MEM_MIB);
@@ -584,7 +588,7 @@ int main(int argc, char **argv)
         kvm_open();
         cmd_threads(t, n);
     } else if (strcmp(cmd, "create") == 0) {
-        expect_argc(argc, 3, 4);
+        expect_argc(argc, 3, 5);
         size_t n = parse_count(argv[2], "N", 1, 100000);
         size_t mib = argc == 4 ? parse_count(argv[3], "MEM_MIB", 2, (long)MAX_MEM_MIB)
                                : DEFAULT_MEM_MIB;
@@ -592,8 +596,11 @@ int main(int argc, char **argv)
             fprintf(stderr, "floor: MEM_MIB must be a multiple of 2, got %zu\n", mib);
             usage();
         }
+        size_t touch = argc == 5 ? parse_count(argv[4], "TOUCH_PAGES", 0,
+                                                (long)((mib * MIB - TOUCH_ADDR) / PAGE_SIZE_4K))
+                                 : 0;
         kvm_open();
-        cmd_create(n, mib);
+        cmd_create(n, mib, touch);
     } else if (strcmp(cmd, "kill") == 0) {
         expect_argc(argc, 3, 3);
         size_t n = parse_count(argv[2], "N", 1, 100000);

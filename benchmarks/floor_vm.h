@@ -103,19 +103,34 @@ static void die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1,
 /*
  * Guest code at CODE_ADDR:
  *
- *   loop: inc eax            ; counts round trips, checked by the host
- *         out 0xE1, eax      ; one VM exit
- *         jmp loop
- *   spin: jmp spin           ; CPL3 busy loop for `kill`
+ *   entry: test ecx, ecx         ; ecx = pages to touch first (set by the host)
+ *          jz loop
+ *          mov rdi, TOUCH_ADDR
+ *   touch: mov [rdi], al         ; first write to each page: what a real guest
+ *          add rdi, 0x1000       ; does to its data, stack and buffers while
+ *          dec ecx               ; it initialises (each first touch costs a
+ *          jnz touch             ; few us on nested KVM)
+ *   loop:  inc eax               ; counts round trips, checked by the host
+ *          out 0xE1, eax         ; one VM exit
+ *          jmp loop
+ *   spin:  jmp spin              ; CPL3 busy loop for `kill`
  */
+#define TOUCH_ADDR 0x200000ull
 static const uint8_t GUEST_CODE[] = {
-    0xff, 0xc0,             /* inc eax      */
-    0xe7, PORT_FLOOR,       /* out 0xE1,eax */
-    0xeb, 0xfa,             /* jmp loop     */
-    0xeb, 0xfe,             /* spin: jmp $  */
+    0x85, 0xc9,                               /*  0: test ecx,ecx      */
+    0x74, 0x14,                               /*  2: jz loop (24)      */
+    0x48, 0xc7, 0xc7, 0x00, 0x00, 0x20, 0x00, /*  4: mov rdi,0x200000  */
+    0x88, 0x07,                               /* 11: mov [rdi],al      */
+    0x48, 0x81, 0xc7, 0x00, 0x10, 0x00, 0x00, /* 13: add rdi,0x1000    */
+    0xff, 0xc9,                               /* 20: dec ecx           */
+    0x75, 0xf3,                               /* 22: jnz touch (11)    */
+    0xff, 0xc0,                               /* 24: inc eax           */
+    0xe7, PORT_FLOOR,                         /* 26: out 0xE1,eax      */
+    0xeb, 0xfa,                               /* 28: jmp loop (24)     */
+    0xeb, 0xfe,                               /* 30: spin: jmp $       */
 };
 #define GUEST_LOOP_ADDR (CODE_ADDR + 0)
-#define GUEST_SPIN_ADDR (CODE_ADDR + 6)
+#define GUEST_SPIN_ADDR (CODE_ADDR + 30)
 
 /* ------------------------------------------------------------------------ */
 /* Errors and time                                                          */
@@ -364,26 +379,37 @@ FLOOR_FN void vcpu_set_sregs_cpl3(struct vm *vm)
     xioctl(vm->vcpu_fd, KVM_SET_SREGS, &sregs, "KVM_SET_SREGS");
 }
 
-FLOOR_FN void vcpu_set_regs(struct vm *vm, uint64_t rip)
+FLOOR_FN void vcpu_set_regs(struct vm *vm, uint64_t rip, uint64_t touch_pages)
 {
     struct kvm_regs regs;
     memset(&regs, 0, sizeof(regs));
     regs.rip = rip;
+    regs.rcx = touch_pages;
     regs.rsp = vm->mem_size; /* top of the user stack */
     regs.rflags = 0x2;       /* reserved bit 1; IF = 0, IOPL = 0 */
     xioctl(vm->vcpu_fd, KVM_SET_REGS, &regs, "KVM_SET_REGS");
 }
 
-/* Everything up to (not including) the first KVM_RUN. */
-FLOOR_FN void vm_setup(struct vm *vm, size_t mem_size)
+/* Everything up to (not including) the first KVM_RUN. The guest's first
+ * entry writes to touch_pages pages from TOUCH_ADDR before its first `out`;
+ * at most (mem_size - TOUCH_ADDR) / 4 KiB. */
+FLOOR_FN void vm_setup_touching(struct vm *vm, size_t mem_size, uint64_t touch_pages)
 {
+    if (touch_pages > (mem_size - TOUCH_ADDR) / PAGE_SIZE_4K)
+        die("cannot touch %llu pages in %zu bytes of guest memory",
+            (unsigned long long)touch_pages, mem_size);
     vm_create(vm, mem_size);
     guest_write_page_tables(vm->mem, mem_size);
     guest_write_gdt(vm->mem);
     guest_write_tss(vm->mem);
     guest_write_code(vm->mem);
     vcpu_set_sregs_cpl3(vm);
-    vcpu_set_regs(vm, GUEST_LOOP_ADDR);
+    vcpu_set_regs(vm, GUEST_LOOP_ADDR, touch_pages);
+}
+
+FLOOR_FN void vm_setup(struct vm *vm, size_t mem_size)
+{
+    vm_setup_touching(vm, mem_size, 0);
 }
 
 FLOOR_FN const char *exit_reason_name(uint32_t reason)
