@@ -43,19 +43,27 @@ static int start_thread(struct ab_sandbox *sb)
     return 0;
 }
 
-int ab_elf_validate(const struct ab_config *config, const uint8_t *elf,
-                    size_t elf_len, char *errbuf, size_t errlen)
+/* The checks shared by ab_elf_validate() and ab_sandbox_create(). */
+static int validate(const struct ab_config *config, const uint8_t *elf,
+                    size_t elf_len, struct ab_image *image,
+                    struct ab_layout *layout, char *errbuf, size_t errlen)
 {
     int rc = memory_check_config(config, errbuf, errlen);
     if (rc)
         return rc;
-    struct ab_image image;
-    rc = elf_parse(elf, elf_len, memory_image_limit(config), &image, errbuf,
+    rc = elf_parse(elf, elf_len, memory_image_limit(config), image, errbuf,
                    errlen);
     if (rc)
         return rc;
+    return memory_layout(config, image, layout, errbuf, errlen);
+}
+
+int ab_elf_validate(const struct ab_config *config, const uint8_t *elf,
+                    size_t elf_len, char *errbuf, size_t errlen)
+{
+    struct ab_image image;
     struct ab_layout layout;
-    return memory_layout(config, &image, &layout, errbuf, errlen);
+    return validate(config, elf, elf_len, &image, &layout, errbuf, errlen);
 }
 
 int ab_sandbox_create(const struct ab_config *config, const uint8_t *elf,
@@ -66,12 +74,9 @@ int ab_sandbox_create(const struct ab_config *config, const uint8_t *elf,
     int rc = kvm_fd(errbuf, errlen);
     if (rc < 0)
         return rc;
-    rc = memory_check_config(config, errbuf, errlen);
-    if (rc)
-        return rc;
     struct ab_image image;
-    rc = elf_parse(elf, elf_len, memory_image_limit(config), &image, errbuf,
-                   errlen);
+    struct ab_layout layout;
+    rc = validate(config, elf, elf_len, &image, &layout, errbuf, errlen);
     if (rc)
         return rc;
 
@@ -79,12 +84,10 @@ int ab_sandbox_create(const struct ab_config *config, const uint8_t *elf,
     if (!sb)
         return ab_fail(errbuf, errlen, ENOMEM, "out of memory");
     sb->config = *config;
+    sb->layout = layout;
     sb->owner_pid = getpid();
     sb->vm_fd = sb->vcpu_fd = -1;
     atomic_init(&sb->notify_fd, -1);
-    rc = memory_layout(config, &image, &sb->layout, errbuf, errlen);
-    if (rc)
-        goto fail;
     int signo = SIGRTMIN + (int)config->sig_rt_min_offset;
     rc = interrupt_install_handler(signo);
     if (rc) {

@@ -37,7 +37,36 @@ def _submit_error(rc: int) -> OSError:
     return OSError(-rc, f"cannot hand the command to the vCPU thread: {os.strerror(-rc)}")
 
 
-class AsyncioBinding:
+class _Commands:
+    """Handing commands to the vCPU thread, with this binding's eventfd as
+    the completion target. `kind` is 0 while an event is outstanding."""
+
+    __slots__ = ()
+    ptr: Any
+    fd: int
+    kind: int
+
+    def start(self) -> None:
+        self.kind = 0
+        rc = lib.ab_sandbox_start(self.ptr, self.fd)
+        if rc < 0:
+            raise _submit_error(rc)
+
+    def submit(self, cmd: int) -> None:
+        self.kind = 0
+        rc = lib.ab_sandbox_submit(self.ptr, cmd, self.fd)
+        if rc < 0:
+            raise _submit_error(rc)
+
+    def submit_with(self, func: Any, *args: Any) -> None:
+        """Submit through another ab_sandbox_submit_* function."""
+        self.kind = 0
+        rc = func(self.ptr, *args, self.fd)
+        if rc < 0:
+            raise _submit_error(rc)
+
+
+class AsyncioBinding(_Commands):
     __slots__ = ("loop", "fd", "ptr", "kind", "fut", "thread", "_rekick")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, ptr: Any) -> None:
@@ -61,24 +90,6 @@ class AsyncioBinding:
             if not fut.done():
                 fut.set_result(kind)
 
-    def start(self) -> None:
-        self.kind = 0
-        rc = lib.ab_sandbox_start(self.ptr, self.fd)
-        if rc < 0:
-            raise _submit_error(rc)
-
-    def submit(self, cmd: int) -> None:
-        self.kind = 0
-        rc = lib.ab_sandbox_submit(self.ptr, cmd, self.fd)
-        if rc < 0:
-            raise _submit_error(rc)
-
-    def submit_with(self, func: Any, *args: Any) -> None:
-        """Submit through another ab_sandbox_submit_* function."""
-        self.kind = 0
-        rc = func(self.ptr, *args, self.fd)
-        if rc < 0:
-            raise _submit_error(rc)
 
     async def wait(self) -> int:
         """The kind of the event for the last command (cancellable)."""
@@ -140,7 +151,7 @@ class AsyncioBinding:
         os.close(self.fd)
 
 
-class AnyioBinding:
+class AnyioBinding(_Commands):
     """For event loops other than asyncio's (trio), through anyio."""
 
     __slots__ = ("fd", "ptr", "kind", "thread")
@@ -153,24 +164,6 @@ class AnyioBinding:
         self.kind = 0
         self.thread = threading.get_ident()
 
-    def start(self) -> None:
-        self.kind = 0
-        rc = lib.ab_sandbox_start(self.ptr, self.fd)
-        if rc < 0:
-            raise _submit_error(rc)
-
-    def submit(self, cmd: int) -> None:
-        self.kind = 0
-        rc = lib.ab_sandbox_submit(self.ptr, cmd, self.fd)
-        if rc < 0:
-            raise _submit_error(rc)
-
-    def submit_with(self, func: Any, *args: Any) -> None:
-        """Submit through another ab_sandbox_submit_* function."""
-        self.kind = 0
-        rc = func(self.ptr, *args, self.fd)
-        if rc < 0:
-            raise _submit_error(rc)
 
     def _poll(self) -> int:
         if not self.kind:
