@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import pty
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import aionub
+from aionub._cli import main
 
 
 def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -63,3 +69,134 @@ def test_build_reports_compiler_errors(tmp_path: Path) -> None:
     out = run("build", str(src), "-o", str(tmp_path / "broken.elf"))
     assert out.returncode == 1
     assert "aionub build:" in out.stderr and "error" in out.stderr
+
+
+# ---- inspect and call (in-process: main() runs its own event loop) ----------
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_inspect_lists_signatures(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(capsys, "inspect", str(aionub.DEMO_GUEST))
+    assert code == 0
+    lines = out.splitlines()
+    assert "add(int, int) -> int" in lines
+    assert "echo(bytes) -> bytes" in lines
+    assert "noop() -> None" in lines
+    assert len(lines) == 14
+
+
+def test_inspect_json(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(capsys, "inspect", "demo", "--json")
+    assert code == 0
+    listing = {fn["name"]: fn for fn in json.loads(out)}
+    assert listing["call_host"] == {"name": "call_host", "params": ["str", "int"], "returns": "int"}
+
+
+def test_inspect_reports_a_bad_guest(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    bad = tmp_path / "bad.elf"
+    bad.write_bytes(b"not an elf")
+    code, out, err = cli(capsys, "inspect", str(bad))
+    assert code == 1 and out == ""
+    assert err.startswith("aionub inspect: InvalidGuest: ") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "printed"),
+    [
+        (("add", "2", "-5"), "-3"),
+        (("mul", "1.5", "2"), "3.0"),
+        (("upper", "hello"), '"HELLO"'),
+        (("upper", '"42"'), '"42"'),
+        (("upper", "--", "-x"), '"-X"'),
+        (("echo", '{"base64": "AAH/"}'), '{"base64": "AAH/"}'),
+        (("noop",), "null"),
+    ],
+)
+def test_call_prints_the_result_as_json(
+    capsys: pytest.CaptureFixture[str], args: tuple[str, ...], printed: str
+) -> None:
+    code, out, err = cli(capsys, "call", "demo", *args)
+    assert (code, out, err) == (0, printed + "\n", "")
+
+
+def test_call_shows_guest_logs_on_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = cli(capsys, "call", "demo", "log", "hi there")
+    assert code == 0 and out == "null\n"
+    assert "aionub.guest" in err and "hi there" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "error"),
+    [
+        (("spin", "--timeout", "0.05"), 1, "CallTimeout: spin() did not finish within 0.05 s"),
+        (("fault", "read_null"), 1, "GuestFault: "),
+        (("abort", "7", "boom"), 1, "GuestAborted: guest aborted with code 7: boom"),
+        (("nope",), 2, "GuestFunctionNotFound: "),
+        (("add", "1"), 2, "TypeError: add() takes 2 arguments (1 given)"),
+        (("add", "1", "x"), 2, "TypeError: add() argument 2 must be int, not str"),
+        (("echo", "[1, 2]"), 2, "ValueError: arrays cannot be passed"),
+        (("echo", '{"base64": "!!"}'), 2, "ValueError: invalid base64"),
+        (("echo", '{"b64": ""}'), 2, 'ValueError: an object argument must be {"base64": "..."}'),
+    ],
+)
+def test_call_errors_are_one_line_with_an_exit_code(
+    capsys: pytest.CaptureFixture[str], args: tuple[str, ...], code: int, error: str
+) -> None:
+    got, out, err = cli(capsys, "call", "demo", *args)
+    assert got == code and out == ""
+    assert err.startswith("aionub call: " + error), err
+    assert err.count("\n") == 1
+
+
+def test_call_timeout_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["call", "demo", "noop", "--timeout", "0"])
+    assert exit_info.value.code == 2
+    assert "must be a positive number of seconds" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["demo", "build", "inspect", "call"])
+def test_every_command_has_help(capsys: pytest.CaptureFixture[str], command: str) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert f"usage: aionub {command}" in capsys.readouterr().out
+
+
+def test_console_script_calls_a_guest() -> None:
+    script = Path(sys.executable).parent / "aionub"
+    if not script.exists():
+        pytest.skip("the aionub console script is not installed beside this interpreter")
+    out = subprocess.run([str(script), "call", "demo", "add", "40", "2"], capture_output=True, text=True, timeout=60)
+    assert (out.returncode, out.stdout) == (0, "42\n"), out.stderr
+
+
+def test_demo_on_a_terminal_shows_live_progress_and_a_table() -> None:
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aionub", "demo", "--duration", "0.8", "--sandboxes", "2"],
+        stdout=secondary,
+        stderr=subprocess.PIPE,
+    )
+    os.close(secondary)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(primary, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(primary)
+    assert proc.wait(timeout=60) == 0, proc.stderr.read() if proc.stderr else ""
+    text = b"".join(chunks).decode()
+    assert "calls/s" in text and "\r\x1b[K" in text  # a status line rewritten in place
+    assert "kills" in text and "errors" in text
+    assert "aionub demo: 2 sandboxes" in text
+    assert "function" in text and "p99 µs" in text  # the per-function table

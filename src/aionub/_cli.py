@@ -1,13 +1,39 @@
-"""``python -m aionub`` / ``aionub``: the demo and the guest compiler."""
+"""``python -m aionub`` / ``aionub``: the demo, the guest compiler, and
+commands that inspect and call a guest from the shell."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import binascii
+import json
+import logging
+import math
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-__all__ = ("main",)
+__all__ = ("main", "parse_value", "to_json")
+
+# Exit codes of `inspect` and `call`: 0 success, 1 the guest or the sandbox
+# failed (timeout, fault, abort, bad guest file, no KVM), 2 bad usage
+# (unknown function, arguments that do not fit the signature).
+_FAILED = 1
+_USAGE = 2
+
+_VALUES_HELP = """\
+Each ARG is a JSON value: 42 is an int, 1.5 a float, true/false a bool,
+null None, "text" a str, and {"base64": "aGk="} bytes. An ARG that is not
+valid JSON is passed as a str, so `upper hello` works without quotes (quote
+it, '"42"', to pass a number as text). Put `--` before arguments that start
+with a dash but are not numbers. The result is printed as JSON, bytes as
+{"base64": "..."}. Exit status: 0 on success, 1 when the call or the
+sandbox fails (timeout, fault, abort, bad guest file), 2 for bad usage
+(unknown function, arguments that do not fit the signature); the error is
+one line on stderr."""
 
 
 def _positive_int(text: str) -> int:
@@ -18,35 +44,119 @@ def _positive_int(text: str) -> int:
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
     return value
+
+
+def parse_value(text: str) -> Any:
+    """One command-line argument as a guest value (see ``call --help``)."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    if isinstance(value, dict):
+        if set(value) != {"base64"} or not isinstance(value["base64"], str):
+            raise ValueError(f'an object argument must be {{"base64": "..."}}, got {text}')
+        try:
+            return base64.b64decode(value["base64"], validate=True)
+        except binascii.Error as exc:
+            raise ValueError(f"invalid base64 in {text}: {exc}") from None
+    if isinstance(value, list):
+        raise ValueError(f"arrays cannot be passed to a guest function: {text}")
+    return value
+
+
+def to_json(value: Any) -> str:
+    """A guest value as JSON (bytes as ``{"base64": ...}``)."""
+    if isinstance(value, bytes):
+        value = {"base64": base64.b64encode(value).decode("ascii")}
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _guest_path(text: str) -> str | Path:
+    """A path, or ``demo`` for the bundled demo guest."""
+    if text == "demo" and not os.path.exists(text):
+        from ._paths import DEMO_GUEST
+
+        return DEMO_GUEST
+    return text
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aionub", description="KVM micro-VM sandboxes for asyncio.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run concurrent calls on the bundled demo guest and print a summary")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser(
+        "demo",
+        help="run concurrent calls on the bundled demo guest and print a summary",
+        description="Run concurrent calls (some CPU-bound, some killed by a timeout) on several sandboxes of "
+        "the bundled demo guest, then print calls, latency, kills and errors. On a terminal a progress "
+        "line updates in place while it runs.",
+    )
     demo.add_argument("--sandboxes", type=_positive_int, default=4, help="number of sandboxes (default 4)")
     demo.add_argument("--duration", type=_positive_float, default=3.0, help="seconds of load (default 3)")
     demo.add_argument("--seed", type=int, default=1, help="random seed of the call mix")
     demo.add_argument("--uvloop", action="store_true", help="run on uvloop (pip install 'aionub[uvloop]')")
-    build = sub.add_parser("build", help="compile C sources into a guest with the aionub guest SDK")
+    demo.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show the live progress line (default: when stdout is a terminal)",
+    )
+
+    build = sub.add_parser(
+        "build",
+        help="compile C sources into a guest with the aionub guest SDK",
+        description="Compile C sources into a guest ELF with the guest SDK and print the path written.",
+    )
     build.add_argument("sources", nargs="+", help="C source files")
     build.add_argument("-o", "--output", required=True, help="path of the guest ELF to write")
     build.add_argument("--cflag", action="append", default=[], dest="cflags", help="extra compiler flag (repeatable)")
+
+    inspect = sub.add_parser(
+        "inspect",
+        help="list the functions a guest exports, with their signatures",
+        description="Start GUEST in a sandbox and list the functions it exports, one signature per line.",
+    )
+    inspect.add_argument("guest", metavar="GUEST", help="path of a guest ELF, or 'demo' for the bundled demo guest")
+    inspect.add_argument("--json", action="store_true", help="print a JSON list of {name, params, returns}")
+
+    call = sub.add_parser(
+        "call",
+        help="call one guest function and print its result as JSON",
+        description="Start GUEST in a sandbox, call FUNCTION with ARGs and print the result as JSON.",
+        epilog=_VALUES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    call.add_argument("guest", metavar="GUEST", help="path of a guest ELF, or 'demo' for the bundled demo guest")
+    call.add_argument("function", metavar="FUNCTION", help="name of the guest function")
+    call.add_argument("args", metavar="ARG", nargs="*", help="argument as a JSON value (see below)")
+    call.add_argument(
+        "--timeout", type=_positive_float, default=None, metavar="S", help="stop the guest after S seconds"
+    )
     return parser
+
+
+def _error(command: str, exc: BaseException) -> None:
+    message = " ".join(str(exc).split()) or "(no message)"
+    print(f"aionub {command}: {type(exc).__name__}: {message}", file=sys.stderr)
 
 
 def _demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
-    coro = run_demo(args.sandboxes, args.duration, args.seed, out=sys.stdout)
+    progress = sys.stdout.isatty() if args.progress is None else args.progress
+    coro = run_demo(args.sandboxes, args.duration, args.seed, out=sys.stdout, progress=progress)
     if args.uvloop:
         try:
             import uvloop
         except ImportError:
+            coro.close()
             print("aionub: --uvloop needs uvloop: pip install 'aionub[uvloop]'", file=sys.stderr)
             return 2
         report = uvloop.run(coro)
@@ -67,14 +177,77 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inspect(args: argparse.Namespace) -> int:
+    from ._exceptions import SandboxError
+    from ._sandbox import Sandbox
+    from ._wire import GuestFunction
+
+    async def functions() -> list[GuestFunction]:
+        async with Sandbox.create(_guest_path(args.guest)) as sb:
+            return list(sb.functions.values())
+
+    try:
+        found = asyncio.run(functions())
+    except (SandboxError, OSError) as exc:
+        _error("inspect", exc)
+        return _FAILED
+    if args.json:
+        from ._abi import TYPE_NAMES
+
+        listing = [
+            {"name": fn.name, "params": [TYPE_NAMES[p] for p in fn.params], "returns": TYPE_NAMES[fn.returns]}
+            for fn in found
+        ]
+        print(json.dumps(listing, indent=2))
+    else:
+        for fn in found:
+            print(fn)
+    return 0
+
+
+def _call(args: argparse.Namespace) -> int:
+    from ._exceptions import GuestFunctionNotFound, SandboxError
+    from ._sandbox import Sandbox
+
+    try:
+        values = [parse_value(text) for text in args.args]
+    except ValueError as exc:
+        _error("call", exc)
+        return _USAGE
+
+    async def call() -> Any:
+        async with Sandbox.create(_guest_path(args.guest)) as sb:
+            return await sb.call(args.function, *values, timeout=args.timeout)
+
+    # Show the guest's log records (logger "aionub.guest") on stderr.
+    guest_log = logging.getLogger("aionub.guest")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    level = guest_log.level
+    guest_log.addHandler(handler)
+    guest_log.setLevel(logging.INFO)
+    try:
+        result = asyncio.run(call())
+    except (GuestFunctionNotFound, TypeError, ValueError, OverflowError) as exc:
+        _error("call", exc)
+        return _USAGE
+    except (SandboxError, OSError) as exc:
+        _error("call", exc)
+        return _FAILED
+    finally:
+        guest_log.removeHandler(handler)
+        guest_log.setLevel(level)
+    print(to_json(result))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from ._exceptions import KvmUnavailable
 
+    commands = {"demo": _demo, "build": _build, "inspect": _inspect, "call": _call}
     try:
-        if args.command == "demo":
-            return _demo(args)
-        return _build(args)
+        return commands[args.command](args)
     except KvmUnavailable as exc:
         print(f"aionub: KVM is not available: {exc}", file=sys.stderr)
         return 1

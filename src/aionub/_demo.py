@@ -46,15 +46,17 @@ class DemoReport:
     kills: int = 0
     errors: list[str] = field(default_factory=list)
     recreated: int = 0
+    #: Latencies of the completed calls of each function.
+    by_function: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def calls(self) -> int:
         return len(self.latencies) + self.kills + len(self.errors)
 
-    def render(self) -> str:
-        lat = sorted(self.latencies)
-        p50 = statistics.median(lat) * 1e6 if lat else float("nan")
-        p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e6 if lat else float("nan")
+    def render(self, per_function: bool = False) -> str:
+        """The summary; ``per_function`` adds a table of calls and latency
+        by guest function."""
+        p50, p99 = _percentiles(self.latencies)
         lines = [
             f"aionub demo: {self.sandboxes} sandboxes of {DEMO_GUEST.name}, {self.duration:.1f} s",
             f"  calls    {self.calls:>8}  ({self.calls / self.duration:,.0f}/s)",
@@ -63,7 +65,31 @@ class DemoReport:
             f"  errors   {len(self.errors):>8}",
         ]
         lines += [f"    {e}" for e in self.errors[:5]]
+        if per_function:
+            lines += ["", f"  {'function':<10} {'calls':>9} {'p50 µs':>9} {'p99 µs':>9}"]
+            for name, _ in sorted(((j[0], w) for w, j in _JOBS), key=lambda item: -item[1]):
+                lat = self.by_function.get(name, [])
+                if name == "spin":
+                    lines.append(f"  {name:<10} {self.kills:>9,}   (each one killed by its 20 ms timeout)")
+                    continue
+                f50, f99 = _percentiles(lat)
+                lines.append(f"  {name:<10} {len(lat):>9,} {f50:>9,.0f} {f99:>9,.0f}")
         return "\n".join(lines)
+
+    def progress_line(self, elapsed: float, rate: float) -> str:
+        """One line for the live display."""
+        return (
+            f"  {elapsed:5.1f}/{self.duration:.1f} s   calls {self.calls:>9,}   {rate:>8,.0f} calls/s   "
+            f"kills {self.kills:>5,}   errors {len(self.errors):>3}"
+        )
+
+
+def _percentiles(latencies: list[float]) -> tuple[float, float]:
+    """p50 and p99 in µs (NaN when empty)."""
+    if not latencies:
+        return float("nan"), float("nan")
+    lat = sorted(latencies)
+    return statistics.median(lat) * 1e6, lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e6
 
 
 async def _worker(slot: list[Sandbox], rng: random.Random, deadline: float, report: DemoReport) -> None:
@@ -87,23 +113,56 @@ async def _worker(slot: list[Sandbox], rng: random.Random, deadline: float, repo
         elapsed = time.perf_counter() - start
         if check(args, value):
             report.latencies.append(elapsed)
+            report.by_function.setdefault(name, []).append(elapsed)
         else:
             report.errors.append(f"{name}{args!r:.60} returned a wrong result {value!r:.60}")
 
 
-async def run_demo(sandboxes: int = 4, duration: float = 3.0, seed: int = 1, out: TextIO | None = None) -> DemoReport:
+async def _show_progress(report: DemoReport, out: TextIO, started: float, interval: float = 0.2) -> None:
+    """Rewrite one status line in place until cancelled."""
+    last_time, last_calls = started, 0
+    try:
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            calls = report.calls
+            rate = (calls - last_calls) / (now - last_time) if now > last_time else 0.0
+            last_time, last_calls = now, calls
+            out.write("\r\x1b[K" + report.progress_line(now - started, rate))
+            out.flush()
+    finally:
+        out.write("\r\x1b[K")
+        out.flush()
+
+
+async def run_demo(
+    sandboxes: int = 4,
+    duration: float = 3.0,
+    seed: int = 1,
+    out: TextIO | None = None,
+    progress: bool = False,
+) -> DemoReport:
+    """Run the demo; print the summary to ``out``. ``progress`` (for a
+    terminal) shows a status line updating in place while it runs and adds
+    a per-function table to the summary."""
     report = DemoReport(sandboxes, duration)
     slots = [[sb] for sb in await asyncio.gather(*(Sandbox.create(DEMO_GUEST) for _ in range(sandboxes)))]
+    display: asyncio.Task[None] | None = None
     try:
         deadline = time.monotonic() + duration
         started = time.monotonic()
+        if progress and out is not None:
+            display = asyncio.create_task(_show_progress(report, out, started))
         await asyncio.gather(
             *(_worker(slot, random.Random(seed * 1000 + i), deadline, report) for i, slot in enumerate(slots))
         )
         report.duration = time.monotonic() - started
     finally:
+        if display is not None:
+            display.cancel()
+            await asyncio.gather(display, return_exceptions=True)
         for slot in slots:
             await slot[0].aclose()
     if out is not None:
-        print(report.render(), file=out)
+        print(report.render(per_function=progress), file=out)
     return report
