@@ -1,0 +1,401 @@
+"""Fuzzing, short runs (scripts/fuzz_long.py does the long ones): the host's
+decoders of everything a guest writes, the event-to-exception mapping, and
+the ELF loader (``ab_elf_validate``, the checks ``ab_sandbox_create`` makes).
+
+Properties: a decoder either returns a value of the right shape or raises
+GuestProtocolError (never another exception); it never looks past the
+length the guest declared (the same bytes with a different tail decode the
+same way); valid records round-trip; the ELF loader accepts or rejects with
+an "elf:" or "config:" message and never crashes the process."""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import aionub
+from aionub import _abi, _native
+from aionub._errors import event_error
+from aionub._exceptions import GuestFunctionNotFound, GuestProtocolError
+from aionub._sandbox import Sandbox
+from aionub._wire import GuestFunction, Reader, decode_args, decode_function_table, encode_string, encode_value
+
+pytestmark = pytest.mark.no_kvm
+
+FUZZ = settings(
+    max_examples=300,
+    deadline=None,
+    derandomize=True,  # the same inputs in every CI run; scripts/fuzz_long.py explores
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+u32 = st.integers(0, 2**32 - 1)
+u64 = st.integers(0, 2**64 - 1)
+
+
+def records(max_size: int = 300) -> st.SearchStrategy[bytes]:
+    """Guest-written bytes: random, or built from wire pieces (tags, length
+    fields at interesting values, UTF-8 and not) so decoders get past their
+    first checks."""
+    length = st.sampled_from([0, 1, 2, 3, 4, 5, 8, 16, 255, 256, 2**31 - 1, 2**31, 2**32 - 1])
+    piece = st.one_of(
+        st.binary(max_size=16),
+        st.integers(0, 7).map(lambda t: bytes([t])),
+        length.map(lambda n: struct.pack("<I", n)),
+        st.text(max_size=8).map(lambda s: encode_string(s.encode("utf-8", "surrogatepass"))),
+        st.binary(max_size=8).map(encode_string),
+        st.integers(-(2**63), 2**63 - 1).map(lambda i: struct.pack("<q", i)),
+        st.just(b"\x00"),
+    )
+    built = st.lists(piece, max_size=12).map(b"".join)
+    return st.one_of(st.binary(max_size=max_size), built)
+
+
+def decode_outcome(decode: Any, data: bytes, length: int, tail: bytes) -> tuple[str, Any]:
+    """Decode data[:length] placed in a buffer followed by `tail`; the
+    outcome is ("ok", value) or ("error", message). Only GuestProtocolError
+    (and the clean errors the caller asked for) may escape."""
+    buf = memoryview(bytearray(data[:length] + tail))
+    try:
+        return "ok", decode(buf, length)
+    except GuestProtocolError as exc:
+        return "error", str(exc)
+
+
+def tail_independent(decode: Any, data: bytes, cut: int, tail_a: bytes, tail_b: bytes) -> tuple[str, Any]:
+    length = min(cut, len(data))
+    a = decode_outcome(decode, data, length, tail_a)
+    b = decode_outcome(decode, data, length, tail_b)
+    assert a == b, "the decoder looked past the declared length"
+    return a
+
+
+# ---- Reader and the record decoders --------------------------------------------------
+
+
+def decode_value_record(buf: memoryview, length: int) -> Any:
+    r = Reader(buf, length, "value")
+    v = r.value()
+    r.done()
+    return v
+
+
+def decode_args_record(buf: memoryview, length: int) -> Any:
+    r = Reader(buf, length, "host-call request")
+    name = r.text()
+    args = decode_args(r)
+    r.done()
+    return name, args
+
+
+@FUZZ
+@given(records(), st.integers(0, 400), st.binary(max_size=8), st.binary(min_size=1, max_size=8))
+def test_value_decoder(data: bytes, cut: int, tail_a: bytes, tail_b: bytes) -> None:
+    kind, value = tail_independent(decode_value_record, data, cut, tail_a, tail_b)
+    if kind == "ok":
+        assert value is None or type(value) in (bool, int, float, str, bytes)
+        if isinstance(value, int) and not isinstance(value, bool):
+            assert -(2**63) <= value < 2**63
+
+
+@FUZZ
+@given(records(), st.integers(0, 400), st.binary(max_size=8), st.binary(min_size=1, max_size=8))
+def test_function_table_decoder(data: bytes, cut: int, tail_a: bytes, tail_b: bytes) -> None:
+    kind, table = tail_independent(decode_function_table, data, cut, tail_a, tail_b)
+    if kind == "ok":
+        for name, fn in table.items():
+            assert fn.name == name and 0 < len(name.encode()) <= _abi.MAX_NAME
+            assert 0 <= fn.returns <= _abi.TAG_LAST
+            assert len(fn.params) <= _abi.MAX_PARAMS
+            assert all(1 <= p <= _abi.TAG_LAST for p in fn.params)
+
+
+@FUZZ
+@given(records(), st.integers(0, 400), st.binary(max_size=8), st.binary(min_size=1, max_size=8))
+def test_host_call_request_decoder(data: bytes, cut: int, tail_a: bytes, tail_b: bytes) -> None:
+    kind, decoded = tail_independent(decode_args_record, data, cut, tail_a, tail_b)
+    if kind == "ok":
+        name, args = decoded
+        assert isinstance(name, str) and len(args) <= _abi.MAX_PARAMS
+
+
+values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**63 - 1),
+    st.floats(allow_nan=True),
+    st.text(),
+    st.binary(),
+)
+
+
+def same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and math.isnan(a):
+        return isinstance(b, float) and math.isnan(b)
+    return type(a) is type(b) and a == b
+
+
+@FUZZ
+@given(st.lists(values, max_size=_abi.MAX_PARAMS), st.text(min_size=1, max_size=40))
+def test_valid_records_round_trip(args: list[Any], name: str) -> None:
+    record = encode_string(name.encode()) + bytes([len(args)]) + b"".join(
+        encode_value(a, "arg") for a in args
+    )
+    got_name, got = decode_args_record(memoryview(record), len(record))
+    assert got_name == name
+    assert len(got) == len(args) and all(same(a, b) for a, b in zip(args, got))
+
+
+signatures = st.lists(
+    st.tuples(
+        st.text(min_size=1, max_size=20),
+        st.integers(0, _abi.TAG_LAST),
+        st.lists(st.integers(1, _abi.TAG_LAST), max_size=_abi.MAX_PARAMS),
+    ),
+    max_size=10,
+    unique_by=lambda f: f[0],
+)
+
+
+@FUZZ
+@given(signatures)
+def test_valid_function_tables_round_trip(functions: list[tuple[str, int, list[int]]]) -> None:
+    table = struct.pack("<I", len(functions)) + b"".join(
+        encode_string(n.encode()) + bytes([r, len(p), *p]) for n, r, p in functions
+    )
+    decoded = decode_function_table(memoryview(table), len(table))
+    assert decoded == {n: GuestFunction(n, tuple(p), r) for n, r, p in functions}
+
+
+# ---- the Sandbox's result, log and host-call decoders (without a VM) -----------------------
+
+
+OUTPUT_SIZE = 4096
+
+
+class FakeNative:
+    """Just enough of NativeSandbox for the decoding methods: the output
+    buffer and the event's length."""
+
+    def __init__(self, record: bytes, length: int) -> None:
+        self.output = memoryview(bytearray(OUTPUT_SIZE))
+        self.output[: len(record)] = record
+        self.event = SimpleNamespace(length=length)
+
+    def interrupt(self) -> None:
+        return None
+
+
+@contextmanager
+def fake_sandbox(record: bytes, length: int, hosts: dict[str, Any] | None = None) -> Iterator[Sandbox]:
+    config = aionub.SandboxConfig(output_size=OUTPUT_SIZE, max_log_bytes=1000)
+    sb = Sandbox(FakeNative(record, length), config, hosts or {}, "<fuzz>")  # type: ignore[arg-type]
+    sb._log_budget = config.max_log_bytes
+    try:
+        yield sb
+    finally:
+        sb._closed = True  # nothing to release
+
+
+@FUZZ
+@given(records(), st.integers(0, 400), st.integers(0, _abi.TAG_LAST), st.binary(max_size=4))
+def test_call_result_decoder(data: bytes, cut: int, returns: int, tail: bytes) -> None:
+    fn = GuestFunction("f", (), returns)
+    length = min(cut, len(data))
+    with fake_sandbox(data[:length] + tail, length) as sb:
+        try:
+            value = sb._result(fn)
+        except GuestProtocolError:
+            assert sb.poisoned  # a broken record poisons
+            return
+        except (GuestFunctionNotFound, TypeError):
+            assert not sb.poisoned  # clean errors reported by the guest do not
+            return
+        expected_type = {0: type(None), 1: bool, 2: int, 3: float, 4: str, 5: bytes}[returns]
+        assert type(value) is expected_type
+        assert not sb.poisoned
+
+
+@FUZZ
+@given(records(), st.integers(0, 400))
+def test_log_record_decoder(data: bytes, cut: int) -> None:
+    length = min(cut, len(data))
+    with fake_sandbox(data[:length], length) as sb:
+        try:
+            sb._emit_log()
+        except GuestProtocolError:
+            pass
+
+
+@FUZZ
+@given(records(), st.integers(0, 400))
+def test_host_call_server(data: bytes, cut: int) -> None:
+    length = min(cut, len(data))
+    hosts = {"": lambda *a: None, "f": lambda *a: a[0] if a else None}
+    with fake_sandbox(data[:length], length, hosts) as sb:
+        coro = sb._serve_host_call()
+        try:
+            coro.send(None)  # sync host functions: it never suspends
+        except StopIteration:
+            pass
+        except GuestProtocolError:
+            return
+        # Served: the reply in the buffer is well formed, OK or ERROR.
+        assert sb._native is not None
+        r = Reader(sb._native.output, OUTPUT_SIZE, "reply")
+        status = r.u8()
+        assert status in (_abi.REPLY_OK, _abi.REPLY_ERROR)
+        if status == _abi.REPLY_OK:
+            r.value()
+        else:
+            r.text()
+            assert sb._host_error is not None
+
+
+# ---- events -> exceptions --------------------------------------------------------------------------
+
+
+@FUZZ
+@given(
+    kind=st.one_of(st.integers(1, 9), u32),
+    vector=u64, error_code=u64, rip=u64, address=u64, detail=u64,
+    exit_reason=st.one_of(st.sampled_from([2, 5, 6, 8, 9, 17]), u32),
+    error=st.integers(-(2**31), 2**31 - 1),
+    message=st.binary(max_size=199),
+    record=records(),
+    guard=u64,
+)
+def test_event_to_exception(
+    kind: int, vector: int, error_code: int, rip: int, address: int, detail: int,
+    exit_reason: int, error: int, message: bytes, record: bytes, guard: int,
+) -> None:
+    event = _native.ffi.new("struct ab_event *")
+    event.kind = kind
+    event.length = len(record)
+    event.vector, event.error_code, event.rip, event.address = vector, error_code, rip, address
+    event.detail, event.exit_reason, event.error = detail, exit_reason, error
+    event.message = message
+    layout = _native.ffi.new("struct ab_layout *")
+    layout.guard_addr = guard
+    exc = event_error(kind, event, memoryview(bytearray(record)), layout)
+    assert isinstance(exc, aionub.SandboxError)
+    assert isinstance(exc, aionub._exceptions.POISONING)
+    str(exc)
+    if kind == _native.EV_FAULT:
+        assert isinstance(exc, aionub.GuestFault) and exc.vector == vector and exc.rip == rip
+        if isinstance(exc, aionub.StackOverflow):
+            assert vector == 14 and guard <= address < guard + 4096
+
+
+# ---- the ELF loader ------------------------------------------------------------------------------------
+
+ELF_HEADER = struct.Struct("<16sHHIQQQIHHHHHH")
+PHDR = struct.Struct("<IIQQQQQQ")
+
+
+def elf_validate(image: bytes, config: Any = None) -> tuple[int, str]:
+    cfg = config if config is not None else aionub.SandboxConfig().to_native()
+    errbuf = _native.ffi.new("char[]", 256)
+    rc = _native.lib.ab_elf_validate(cfg, image, len(image), errbuf, 256)
+    return rc, _native.ffi.string(errbuf).decode("utf-8", "replace")
+
+
+def check_verdict(rc: int, message: str) -> None:
+    assert rc in (0, -22), (rc, message)
+    if rc:
+        assert message.startswith(("elf: ", "config: ")), message
+
+
+@pytest.fixture(scope="module")
+def demo_elf() -> bytes:
+    return Path(aionub.DEMO_GUEST).read_bytes()
+
+
+def test_demo_guest_is_valid(demo_elf: bytes) -> None:
+    assert elf_validate(demo_elf) == (0, "")
+
+
+@FUZZ
+@given(st.data())
+def test_elf_mutations(demo_elf: bytes, data: st.DataObject) -> None:
+    image = bytearray(demo_elf)
+    header_area = 64 + 56 * 8
+    for _ in range(data.draw(st.integers(1, 8))):
+        where = data.draw(st.one_of(st.integers(0, header_area), st.integers(0, len(image) - 1)))
+        width = data.draw(st.sampled_from([1, 2, 4, 8]))
+        value = data.draw(st.one_of(
+            st.sampled_from([0, 1, 0x7F, 0x80, 0xFF, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFFF, 2**63, 2**64 - 1, 0x100000, 0x1000]),
+            st.integers(0, 2**64 - 1),
+        ))
+        chunk = (value & ((1 << (8 * width)) - 1)).to_bytes(width, "little")
+        image[where : where + width] = chunk
+    cut = data.draw(st.one_of(st.just(len(image)), st.integers(0, len(image))))
+    check_verdict(*elf_validate(bytes(image[:cut])))
+
+
+segment = st.tuples(
+    st.sampled_from([1, 1, 1, 2, 3, 4, 6, 0x6474E551]),  # PT_LOAD mostly, DYNAMIC, INTERP, NOTE, PHDR, GNU_STACK
+    st.integers(0, 7),  # flags
+    st.one_of(st.integers(0, 0x2000), u64),  # offset
+    st.one_of(st.sampled_from([0, 0xFFF, 0x1000, 0x100000, 0x101000, 0x7FF000, 0x800000]), u64),  # vaddr
+    st.one_of(st.integers(0, 0x3000), u64),  # filesz
+    st.one_of(st.integers(0, 0x800000), u64),  # memsz
+)
+
+
+@FUZZ
+@given(
+    segments=st.lists(segment, max_size=20),
+    entry=st.one_of(st.sampled_from([0x100000, 0x100010, 0]), u64),
+    phoff=st.one_of(st.just(64), st.integers(0, 4096), u64),
+    phnum_delta=st.integers(-2, 2),
+    etype=st.sampled_from([2, 2, 2, 3, 1]),
+    machine=st.sampled_from([62, 62, 62, 3]),
+    ehsize=st.sampled_from([64, 64, 0, 52]),
+    phentsize=st.sampled_from([56, 56, 32, 0]),
+    file_size=st.integers(0, 0x3000),
+)
+def test_elf_from_fields(
+    segments: list[tuple[int, ...]], entry: int, phoff: int, phnum_delta: int, etype: int,
+    machine: int, ehsize: int, phentsize: int, file_size: int,
+) -> None:
+    ident = b"\x7fELF\x02\x01\x01" + bytes(9)
+    phnum = max(0, min(0xFFFF, len(segments) + phnum_delta))
+    header = ELF_HEADER.pack(ident, etype, machine, 1, entry, phoff, 0, 0, ehsize, phentsize, phnum, 64, 0, 0)
+    table = b"".join(PHDR.pack(t, f, o, v, v, fs, ms, 0x1000) for t, f, o, v, fs, ms in segments)
+    image = bytearray(max(file_size, 64))
+    image[:64] = header
+    if phoff + len(table) <= 0x10000:  # else the table lies outside the file
+        image.extend(bytes(max(0, phoff + len(table) - len(image))))
+        image[phoff : phoff + len(table)] = table
+    check_verdict(*elf_validate(bytes(image)))
+
+
+@FUZZ
+@given(st.binary(max_size=512))
+def test_elf_random_bytes(data: bytes) -> None:
+    check_verdict(*elf_validate(data))
+    check_verdict(*elf_validate(b"\x7fELF\x02\x01\x01" + data))
+
+
+@FUZZ
+@given(memory=u64, stack=u64, inp=u64, out=u64, offset=u32)
+def test_config_validation(demo_elf: bytes, memory: int, stack: int, inp: int, out: int, offset: int) -> None:
+    cfg = aionub.SandboxConfig().to_native()
+    cfg.memory_size, cfg.stack_size, cfg.input_size, cfg.output_size = memory, stack, inp, out
+    cfg.sig_rt_min_offset = offset
+    rc, message = elf_validate(demo_elf, cfg)
+    check_verdict(rc, message)
+    if rc == 0:
+        # Accepted: everything fits below memory_size, without wrapping.
+        assert inp + out + stack + 0x100000 < memory <= 256 * 1024 * 1024
