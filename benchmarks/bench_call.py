@@ -15,10 +15,16 @@ machine's noise hits every side alike):
 
 Each figure is the p50 of --calls sequential calls; a round's p50s are
 combined as the median over --rounds rounds, and every ratio divides two
-such medians. Two diagnostics follow: the same noop with the whole process
+such medians. Diagnostics follow: the same noop with the `spin_time` option
+(the vCPU thread polls for the next call for 200 µs before it sleeps on its
+futex, so a call no longer has to wake it), and with the whole process
 pinned to one CPU (the vCPU thread and the event loop then share a CPU, so a
-completion is a context switch instead of a cross-CPU wake-up), and the
-floor's thread round trip pinned likewise.
+completion is a context switch instead of a cross-CPU wake-up), with the
+to_thread round trip and the floor's thread round trip pinned likewise; and
+with the event loop pinned to one CPU and the vCPU thread to the other
+(every call and every completion is then a cross-CPU wake-up). Unpinned, the
+scheduler settles on one of these two placements and keeps it for a while,
+so the unpinned figures are bimodal: compare them with both.
 
     python benchmarks/bench_call.py            # about 30 s on 2 cores
     python benchmarks/bench_call.py --quick    # about 5 s
@@ -61,17 +67,39 @@ WAT_NOOP = """
 """
 
 BLOCK = 250  # calls per alternating block when two things share one loop run
+SPIN = 0.0002  # spin_time of the diagnostic run: the vCPU thread polls 200 µs for the next call
 
 
-async def aionub_and_to_thread(calls: int, with_to_thread: bool) -> tuple[float, float | None]:
+def vcpu_threads() -> set[int]:
+    """Thread ids of this process's aionub vCPU threads (by name)."""
+    found = set()
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                if f.read().strip() == "aionub-vcpu":
+                    found.add(int(tid))
+        except OSError:
+            pass
+    return found
+
+
+async def aionub_and_to_thread(calls: int, with_to_thread: bool, split: bool = False,
+                               **config: object) -> tuple[float, float | None]:
     """p50 (µs) of noop calls and of to_thread raw round trips, measured in
-    alternating blocks on the running loop."""
+    alternating blocks on the running loop. split: pin the event loop's
+    thread to one CPU and the sandbox's vCPU thread to another."""
     lib = open_rawkvm() if with_to_thread else None
     clock = time.perf_counter_ns
     noop_s: list[float] = []
     thread_s: list[float] = []
-    async with aionub.Sandbox.create(aionub.DEMO_GUEST) as sb:
+    before = vcpu_threads() if split else set()
+    async with aionub.Sandbox.create(aionub.DEMO_GUEST, **config) as sb:
         call = sb.call
+        if split:
+            cpus = sorted(os.sched_getaffinity(0))
+            (vcpu,) = vcpu_threads() - before
+            os.sched_setaffinity(0, {cpus[0]})
+            os.sched_setaffinity(vcpu, {cpus[1]})
         for _ in range(min(calls, 1000)):  # warm-up
             await call("noop")
         if lib is not None:
@@ -111,6 +139,15 @@ def wasmtime_noop(wasmtime, calls: int) -> float:
         noop(store)
         samples.append((clock() - t0) / 1000)
     return percentile(samples, 0.5)
+
+
+@contextlib.contextmanager
+def restored_affinity():
+    before = os.sched_getaffinity(0)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 @contextlib.contextmanager
@@ -154,14 +191,23 @@ def main() -> int:
             noop, thr = run_on(loop, lambda: aionub_and_to_thread(opts.calls, True))
             add(f"noop_{loop}", noop)
             add(f"to_thread_{loop}", thr)
+        for loop in loops:
+            noop, _ = run_on(loop, lambda: aionub_and_to_thread(opts.calls, False, spin_time=SPIN))
+            add(f"noop_{loop}_spin", noop)
         if wasmtime is not None:
             add("wasmtime", wasmtime_noop(wasmtime, opts.calls))
         if pinned:
             with one_cpu():
                 add("raw_thread_1cpu", run_floor("roundtrip-thread", opts.calls)["p50_us"])
                 for loop in loops:
-                    noop, _ = run_on(loop, lambda: aionub_and_to_thread(opts.calls, False))
+                    noop, thr = run_on(loop, lambda: aionub_and_to_thread(opts.calls, True))
                     add(f"noop_{loop}_1cpu", noop)
+                    add(f"to_thread_{loop}_1cpu", thr)
+            if len(os.sched_getaffinity(0)) >= 2:
+                for loop in loops:
+                    with restored_affinity():
+                        noop, _ = run_on(loop, lambda: aionub_and_to_thread(opts.calls, False, split=True))
+                    add(f"noop_{loop}_2cpu", noop)
         print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in res.items()) + " (µs)",
               flush=True)
     elapsed = time.monotonic() - started
@@ -174,26 +220,42 @@ def main() -> int:
         "noop_asyncio": "aionub noop, asyncio",
         "to_thread_uvloop": "to_thread(raw round trip), uvloop",
         "to_thread_asyncio": "to_thread(raw round trip), asyncio",
+        "noop_uvloop_spin": f"aionub noop, uvloop, spin_time={SPIN * 1e6:.0f} µs",
+        "noop_asyncio_spin": f"aionub noop, asyncio, spin_time={SPIN * 1e6:.0f} µs",
         "wasmtime": "wasmtime-py no-op export call",
         "raw_thread_1cpu": "raw C thread-per-vCPU round trip, 1 CPU",
         "noop_uvloop_1cpu": "aionub noop, uvloop, 1 CPU",
         "noop_asyncio_1cpu": "aionub noop, asyncio, 1 CPU",
+        "to_thread_uvloop_1cpu": "to_thread(raw round trip), uvloop, 1 CPU",
+        "to_thread_asyncio_1cpu": "to_thread(raw round trip), asyncio, 1 CPU",
+        "noop_uvloop_2cpu": "aionub noop, uvloop, loop and vCPU on 2 CPUs",
+        "noop_asyncio_2cpu": "aionub noop, asyncio, loop and vCPU on 2 CPUs",
     }
     print(f"\np50 of {opts.calls} calls, median of {opts.rounds} rounds ({elapsed:.0f} s):")
     for key, label in labels.items():
         if key in med:
             print(f"  {label:<52} {fmt_us(med[key]):>10}")
+    def derived(label: str, value: str) -> None:
+        print(f"  {label:<66} {value:>8}")
+
     print("derived:")
-    print(f"  thread hop of the raw C design (thread - direct):    {fmt_us(med['raw_thread'] - med['raw']):>10}")
     if "raw_thread_1cpu" in med:
-        print(f"  ... with both threads on one CPU:                    "
-              f"{fmt_us(med['raw_thread_1cpu'] - med['raw']):>10}")
-    for loop in loops:
-        print(f"  aionub {loop} over the raw thread round trip:        "
-              f"{fmt_us(med[f'noop_{loop}'] - med['raw_thread']):>10}")
+        derived("thread hop of the raw C design, 1 CPU (thread - direct)",
+                fmt_us(med["raw_thread_1cpu"] - med["raw"]))
+        for loop in loops:
+            derived(f"aionub on {loop} over the raw thread round trip, 1 CPU",
+                    fmt_us(med[f"noop_{loop}_1cpu"] - med["raw_thread_1cpu"]))
+        for loop in loops:
+            derived(f"noop on {loop} ÷ raw C round trip, 1 CPU", ratio(med[f"noop_{loop}_1cpu"], med["raw"]))
+            derived(f"noop on {loop} ÷ to_thread, both on 1 CPU",
+                    ratio(med[f"noop_{loop}_1cpu"], med[f"to_thread_{loop}_1cpu"]))
+        for loop in loops:
+            if f"noop_{loop}_2cpu" in med:
+                derived(f"noop on {loop} ÷ raw C round trip, loop and vCPU on 2 CPUs",
+                        ratio(med[f"noop_{loop}_2cpu"], med["raw"]))
     if "wasmtime" in med:
-        print(f"  raw C KVM_RUN round trip ÷ wasmtime no-op:           {ratio(med['raw'], med['wasmtime']):>10}"
-              "  (no KVM design can beat this)")
+        derived("raw C KVM_RUN round trip ÷ wasmtime no-op (no KVM design beats it)",
+                ratio(med["raw"], med["wasmtime"]))
     print()
 
     goals = {"uvloop": "≤ 2.0", "asyncio": "≤ 2.5"}
