@@ -8,6 +8,7 @@ for them). Build products go to ``benchmarks/.build/``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import hashlib
 import mmap
@@ -15,7 +16,7 @@ import os
 import shlex
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,6 +38,9 @@ __all__ = [
     "fmt_us",
     "guest_memory",
     "resident_pages",
+    "vcpu_threads",
+    "place_threads",
+    "restored_affinity",
 ]
 
 HERE = Path(__file__).resolve().parent
@@ -246,3 +250,40 @@ def guest_memory(sb: Any) -> tuple[int, int]:
     native = sb._native
     address = int(_native.ffi.cast("uintptr_t", _native.lib.ab_sandbox_memory(native.ptr)))
     return address, int(native.layout.memory_size)
+
+
+# ---------------------------------------------------------------------------
+# Thread placement
+
+
+def vcpu_threads() -> set[int]:
+    """Thread ids of this process's aionub vCPU threads (by thread name)."""
+    found = set()
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                if f.read().strip() == "aionub-vcpu":
+                    found.add(int(tid))
+        except OSError:
+            pass
+    return found
+
+
+def place_threads(vcpu_tid: int, placement: str) -> None:
+    """Pin the calling thread (the event loop's) to the first allowed CPU and
+    the vCPU thread to the same CPU ("same") or to the second one ("split")."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if placement == "split" and len(cpus) < 2:
+        raise RuntimeError("placement 'split' needs two CPUs")
+    os.sched_setaffinity(0, {cpus[0]})
+    os.sched_setaffinity(vcpu_tid, {cpus[0] if placement == "same" else cpus[1]})
+
+
+@contextlib.contextmanager
+def restored_affinity() -> Iterator[None]:
+    """Restore the calling thread's CPU affinity on exit."""
+    before = os.sched_getaffinity(0)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)

@@ -51,11 +51,14 @@ from _common import (  # noqa: E402
     median,
     open_rawkvm,
     percentile,
+    place_threads,
     ratio,
     require_kvm,
     require_wasmtime,
+    restored_affinity,
     run_on,
     target,
+    vcpu_threads,
 )
 from _floor import run_floor  # noqa: E402
 
@@ -68,19 +71,6 @@ WAT_NOOP = """
 
 BLOCK = 250  # calls per alternating block when two things share one loop run
 SPIN = 0.0002  # spin_time of the diagnostic run: the vCPU thread polls 200 µs for the next call
-
-
-def vcpu_threads() -> set[int]:
-    """Thread ids of this process's aionub vCPU threads (by name)."""
-    found = set()
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/comm") as f:
-                if f.read().strip() == "aionub-vcpu":
-                    found.add(int(tid))
-        except OSError:
-            pass
-    return found
 
 
 async def aionub_and_to_thread(calls: int, with_to_thread: bool, split: bool = False,
@@ -96,10 +86,8 @@ async def aionub_and_to_thread(calls: int, with_to_thread: bool, split: bool = F
     async with aionub.Sandbox.create(aionub.DEMO_GUEST, **config) as sb:
         call = sb.call
         if split:
-            cpus = sorted(os.sched_getaffinity(0))
             (vcpu,) = vcpu_threads() - before
-            os.sched_setaffinity(0, {cpus[0]})
-            os.sched_setaffinity(vcpu, {cpus[1]})
+            place_threads(vcpu, "split")
         for _ in range(min(calls, 1000)):  # warm-up
             await call("noop")
         if lib is not None:
@@ -139,15 +127,6 @@ def wasmtime_noop(wasmtime, calls: int) -> float:
         noop(store)
         samples.append((clock() - t0) / 1000)
     return percentile(samples, 0.5)
-
-
-@contextlib.contextmanager
-def restored_affinity():
-    before = os.sched_getaffinity(0)
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, before)
 
 
 @contextlib.contextmanager

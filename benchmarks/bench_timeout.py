@@ -29,7 +29,12 @@ Diagnostics (same run): how late the event loop's own timer is
 (`await asyncio.sleep(T)` measured the same way: nothing of aionub in it),
 `task.cancel()` on a task awaiting `spin` until its CancelledError is caught
 (aionub's kill protocol without the timer), and for wasmtime the time from
-`increment_epoch()` to the trap.
+`increment_epoch()` to the trap. Then deadline -> CallTimeout again on a
+newly created sandbox for every sample (a new vCPU thread each time, which
+the scheduler treats differently from one that has been running), and with
+the threads pinned: the event loop and the sandbox's vCPU thread on one CPU
+(the spinning guest then competes with the loop's timer for that CPU), and
+on two CPUs. Unpinned, the scheduler picks one of these placements.
 
     python benchmarks/bench_timeout.py            # about 60 s on 2 cores
     python benchmarks/bench_timeout.py --quick    # about 15 s
@@ -40,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import threading
 import time
@@ -52,11 +58,14 @@ from _common import (  # noqa: E402
     loops_available,
     median,
     percentile,
+    place_threads,
     ratio,
     require_kvm,
     require_wasmtime,
+    restored_affinity,
     run_on,
     target,
+    vcpu_threads,
 )
 from _floor import run_floor  # noqa: E402
 
@@ -75,18 +84,27 @@ def pcts(samples: list[float]) -> dict[str, float]:
     return {"p50": percentile(samples, 0.5), "p99": percentile(samples, 0.99)}
 
 
-async def aionub_deadlines(n: int, timeout: float) -> dict[str, dict[str, float]]:
+async def aionub_deadlines(n: int, timeout: float, placement: str | None = None) -> dict[str, dict[str, float]]:
+    """Deadline -> CallTimeout samples; unless pinned (placement "same" or
+    "split", see place_threads) or "fresh" (a new sandbox for every sample,
+    unpinned), also the timer-alone and cancel samples."""
     clock = time.perf_counter
     loop = asyncio.get_running_loop()
     deadline_s, sleep_s, cancel_s = [], [], []
+    before = vcpu_threads()
     sb = await aionub.Sandbox.create(aionub.DEMO_GUEST)
+    if placement in ("same", "split"):
+        if not HAVE_RESTORE:
+            raise RuntimeError("pinned runs need Sandbox.restore()")
+        (vcpu,) = vcpu_threads() - before
+        place_threads(vcpu, placement)
     try:
         await sb.call("noop")
         snap = await sb.snapshot() if HAVE_RESTORE else None
 
         async def fresh() -> aionub.Sandbox:
             nonlocal sb
-            if snap is not None:
+            if snap is not None and placement != "fresh":
                 await sb.restore(snap)
             else:
                 await sb.aclose()
@@ -109,6 +127,10 @@ async def aionub_deadlines(n: int, timeout: float) -> dict[str, dict[str, float]
             else:
                 raise RuntimeError("spin() returned")
             late_deadline = t1 - (t0 + timeout)
+            if placement is not None:
+                if i >= 3:
+                    deadline_s.append(late_deadline * 1e6)
+                continue
 
             # task.cancel() -> CancelledError, no timer in the measurement.
             box = await fresh()
@@ -129,6 +151,8 @@ async def aionub_deadlines(n: int, timeout: float) -> dict[str, dict[str, float]
                 cancel_s.append(late_cancel * 1e6)
     finally:
         await sb.aclose()
+    if placement is not None:
+        return {"deadline": pcts(deadline_s)}
     return {"deadline": pcts(deadline_s), "sleep": pcts(sleep_s), "cancel": pcts(cancel_s),
             "early": {"p50": sum(1 for x in deadline_s if x < 0) / len(deadline_s),
                       "p99": 0.0}}
@@ -207,6 +231,7 @@ def main() -> int:
     parser.add_argument("--timeout-ms", type=float, default=2.0, help="the deadline T (default 2 ms)")
     parser.add_argument("--quick", action="store_true", help="100 samples, 2 rounds")
     parser.add_argument("--no-wasmtime", action="store_true", help="skip the wasmtime-py comparison")
+    parser.add_argument("--no-pinned", action="store_true", help="skip the pinned-placement diagnostics")
     opts = parser.parse_args()
     if opts.quick:
         opts.n, opts.rounds = 100, 2
@@ -216,6 +241,8 @@ def main() -> int:
     wasmtime = None if opts.no_wasmtime else require_wasmtime()
     loops = loops_available()
     timeout = opts.timeout_ms / 1000
+    pinned = (not opts.no_pinned and HAVE_RESTORE and hasattr(os, "sched_setaffinity")
+              and len(os.sched_getaffinity(0)) >= 2)
 
     res: dict[str, list[float]] = {}
 
@@ -233,6 +260,15 @@ def main() -> int:
             out = run_on(loop, lambda: aionub_deadlines(opts.n, timeout))
             for what, d in out.items():
                 add(f"{what}_{loop}", d)
+        for loop in loops:
+            out = run_on(loop, lambda: aionub_deadlines(max(20, opts.n // 3), timeout, "fresh"))
+            add(f"deadline_{loop}_fresh", out["deadline"])
+        if pinned:
+            for loop in loops:
+                for placement in ("same", "split"):
+                    with restored_affinity():
+                        out = run_on(loop, lambda: aionub_deadlines(max(20, opts.n // 3), timeout, placement))
+                    add(f"deadline_{loop}_{placement}", out["deadline"])
         if wasmtime is not None:
             out = wasmtime_deadlines(wasmtime, opts.n, timeout)
             for what, d in out.items():
@@ -257,6 +293,10 @@ def main() -> int:
         row(f"aionub deadline -> CallTimeout caught, {loop}", f"deadline_{loop}")
         row(f"  {loop} timer alone: deadline -> asyncio.sleep(T) returns", f"sleep_{loop}")
         row(f"  task.cancel() -> CancelledError caught, {loop}", f"cancel_{loop}")
+        row(f"  a new sandbox for every sample, {loop}", f"deadline_{loop}_fresh")
+        if f"deadline_{loop}_same_p50" in med:
+            row(f"  pinned: loop and vCPU on one CPU, {loop}", f"deadline_{loop}_same")
+            row(f"  pinned: loop and vCPU on two CPUs, {loop}", f"deadline_{loop}_split")
         early = med[f"early_{loop}_p50"]
         if early:
             print(f"  ({early:.0%} of the {loop} timeouts fired before the deadline:"
@@ -264,6 +304,18 @@ def main() -> int:
     if wasmtime is not None:
         row("wasmtime-py deadline -> Trap caught (timer thread + epoch)", "wasm_deadline")
         row("  increment_epoch() -> Trap caught", "wasm_trap")
+    print("derived (p50 / p99):")
+
+    def derived(label: str, key: str, floor: str) -> None:
+        print(f"  {label:<58} {ratio(med[key + '_p50'], med[floor + '_p50']):>10}"
+              f" {ratio(med[key + '_p99'], med[floor + '_p99']):>10}")
+
+    derived("raw C deadline floor ÷ raw C kill floor", "rawdl", "raw")
+    for loop in loops:
+        derived(f"aionub deadline on {loop} ÷ raw C deadline floor", f"deadline_{loop}", "rawdl")
+        derived(f"task.cancel() on {loop} ÷ raw C kill floor", f"cancel_{loop}", "raw")
+    if wasmtime is not None:
+        derived("wasmtime-py deadline ÷ raw C deadline floor", "wasm_deadline", "rawdl")
     print()
     for loop in loops:
         target(f"deadline → CallTimeout on {loop} ÷ raw C kill floor, p50",
