@@ -422,6 +422,9 @@ class Sandbox:
         """Close the sandbox: a call in flight is killed (it raises
         :class:`SandboxClosed`), queued calls raise SandboxClosed, the vCPU
         thread exits and every resource is released. Idempotent."""
+        if self._generation != _fork_generation and not self._closed:
+            self._release_fork_copy()
+            return
         if self._closed or self._closing:
             while not self._closed:
                 await anyio.sleep(self._config.interrupt_retry_delay)
@@ -647,6 +650,23 @@ class Sandbox:
         native.output[: len(reply)] = reply
         if len(reply) > self._output_used:
             self._output_used = len(reply)
+
+    def _release_fork_copy(self) -> None:
+        """Close a forked child's copy of a parent's sandbox. The vCPU
+        thread, any call it is running and the event loop's registration of
+        the eventfd all belong to the parent: waiting for that call would
+        never end, and unregistering the eventfd from the epoll instance
+        (which parent and child share) would leave the parent's sandbox
+        waiting forever. So only this process's mappings and descriptors
+        are dropped."""
+        native, self._native = self._native, None
+        if native is not None:
+            native.destroy()  # ab_sandbox_destroy() unmaps only, in a child
+        binding, self._binding = self._binding, None
+        if binding is not None:
+            os.close(binding.fd)
+        self._closed = True
+        self._closing = False
 
     def _destroy(self) -> None:
         """Release everything now (the vCPU thread is joined)."""
