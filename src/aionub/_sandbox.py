@@ -395,6 +395,7 @@ class Sandbox:
             native.check_restored()
             self._input_used = self._output_used = 0
             self._poison = None
+        log.debug("%r: restored to a snapshot of %d KiB", self, snapshot.nbytes // 1024)
 
     async def _command(self, submit: Any, *args: Any) -> int:
         """Run a non-call command on the vCPU thread and wait for its event.
@@ -466,6 +467,10 @@ class Sandbox:
         if self._poison is not None:
             raise SandboxPoisoned(f"sandbox {self.id} is poisoned: {self._poison}")
 
+    def _set_poison(self, reason: str) -> None:
+        self._poison = reason
+        log.debug("%r poisoned: %s", self, reason)
+
     def _timed_out(self, name: str, timeout: float) -> CallTimeout:
         if self._poison is not None:  # not if the guest finished as the deadline hit
             self._poison = f"a call to {name}() timed out after {timeout} s"
@@ -508,7 +513,7 @@ class Sandbox:
             # _drive() also returns on READY, which only creation expects: a
             # guest that signals READY again mid-call broke the protocol (its
             # output buffer must not be read as this call's result).
-            self._poison = f"{fn.name}() signalled READY instead of returning a result"
+            self._set_poison(f"{fn.name}() signalled READY instead of returning a result")
             raise GuestProtocolError(f"the guest signalled READY during a call to {fn.name}()")
         return self._result(fn)
 
@@ -544,7 +549,7 @@ class Sandbox:
             if in_flight and await binding.stop(self._ih, self._config.interrupt_retry_delay) == EV_RESULT:
                 raise  # the guest finished the call before the kill landed: its state is intact
             if self._poison is None:
-                self._poison = f"{what} did not run to completion ({type(exc).__name__}: {exc})"
+                self._set_poison(f"{what} did not run to completion ({type(exc).__name__}: {exc})")
             raise
 
     def _event_error(self, kind: int) -> SandboxError:
@@ -591,13 +596,13 @@ class Sandbox:
             message = r.text()
             r.done()
         except GuestProtocolError as exc:
-            self._poison = str(exc)
+            self._set_poison(str(exc))
             raise
         if status == _abi.STATUS_NOT_FOUND:
             raise GuestFunctionNotFound(f"guest {self._label} has no function named {message!r}")
         if status == _abi.STATUS_BAD_ARGS:
             raise TypeError(f"guest rejected the arguments of {fn.name}(): {message}")
-        self._poison = f"{fn.name}() returned unknown status {status}"
+        self._set_poison(f"{fn.name}() returned unknown status {status}")
         raise GuestProtocolError(f"result of {fn.name}() has unknown status {status}")
 
     def _emit_log(self) -> None:
