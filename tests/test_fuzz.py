@@ -19,8 +19,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 import aionub
 from aionub import _abi, _native
@@ -153,7 +152,7 @@ def test_valid_records_round_trip(args: list[Any], name: str) -> None:
     )
     got_name, got = decode_args_record(memoryview(record), len(record))
     assert got_name == name
-    assert len(got) == len(args) and all(same(a, b) for a, b in zip(args, got))
+    assert len(got) == len(args) and all(same(a, b) for a, b in zip(args, got, strict=True))
 
 
 signatures = st.lists(
@@ -334,7 +333,9 @@ def test_elf_mutations(demo_elf: bytes, data: st.DataObject) -> None:
         where = data.draw(st.one_of(st.integers(0, header_area), st.integers(0, len(image) - 1)))
         width = data.draw(st.sampled_from([1, 2, 4, 8]))
         value = data.draw(st.one_of(
-            st.sampled_from([0, 1, 0x7F, 0x80, 0xFF, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFFF, 2**63, 2**64 - 1, 0x100000, 0x1000]),
+            st.sampled_from(
+                [0, 1, 0x7F, 0x80, 0xFF, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFFF, 2**63, 2**64 - 1, 0x100000, 0x1000]
+            ),
             st.integers(0, 2**64 - 1),
         ))
         chunk = (value & ((1 << (8 * width)) - 1)).to_bytes(width, "little")

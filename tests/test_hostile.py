@@ -37,9 +37,9 @@ GDT, IDT, TSS, STUBS, KSTACK, BOOT_INFO = 0x84000, 0x85000, 0x86000, 0x89000, 0x
 IMAGE_BASE = 0x100000
 
 # #PF error code bits: present (protection violation), write, user, fetch.
-P, W, U, I = 0x1, 0x2, 0x4, 0x10
-READ_UNMAPPED, WRITE_UNMAPPED, FETCH_UNMAPPED = U, U | W, U | I
-READ_DENIED, WRITE_DENIED, FETCH_DENIED = U | P, U | P | W, U | P | I
+P, W, U, ID = 0x1, 0x2, 0x4, 0x10
+READ_UNMAPPED, WRITE_UNMAPPED, FETCH_UNMAPPED = U, U | W, U | ID
+READ_DENIED, WRITE_DENIED, FETCH_DENIED = U | P, U | P | W, U | P | ID
 
 DE, DB, BP, UD, SS, GP, PF = 0, 1, 3, 6, 12, 13, 14
 
@@ -242,7 +242,8 @@ MEMORY_CASES: list[tuple[str, str, int | Callable[[Context], int], Check]] = [
     # holes and the end of memory
     ("hole-after-bootinfo", "read_at", BOOT_INFO + 0x1000, page_fault(BOOT_INFO + 0x1000, READ_UNMAPPED)),
     ("hole-below-image", "read_at", IMAGE_BASE - 8, page_fault(IMAGE_BASE - 8, READ_UNMAPPED)),
-    ("end-of-memory", "read_at", lambda c: c.layout.memory_size, page_fault(lambda c: c.layout.memory_size, READ_UNMAPPED)),
+    ("end-of-memory", "read_at", lambda c: c.layout.memory_size,
+     page_fault(lambda c: c.layout.memory_size, READ_UNMAPPED)),
     ("beyond-1gib", "read_at", 1 << 30, page_fault(1 << 30, READ_UNMAPPED)),
     # kvm_pvm keeps the top of the address space for itself and reports a
     # reserved-bit violation there (error code P|U|RSVD) instead
@@ -252,7 +253,8 @@ MEMORY_CASES: list[tuple[str, str, int | Callable[[Context], int], Check]] = [
     # the image: code read-only, everything else not executable
     ("code-write", "write_at", lambda c: c.image["code"], page_fault(lambda c: c.image["code"], WRITE_DENIED)),
     ("rodata-write", "write_at", lambda c: c.image["rodata"], page_fault(lambda c: c.image["rodata"], WRITE_DENIED)),
-    ("rodata-exec", "exec_at", lambda c: c.image["rodata"], page_fault(lambda c: c.image["rodata"], FETCH_DENIED, fetch=True)),
+    ("rodata-exec", "exec_at", lambda c: c.image["rodata"],
+     page_fault(lambda c: c.image["rodata"], FETCH_DENIED, fetch=True)),
 ]
 
 
@@ -704,7 +706,7 @@ async def test_many_hostile_sandboxes_beside_well_behaved_ones(guest: Path) -> N
         async with aionub.Sandbox.create(guest) as sb:
             snap = await sb.snapshot()
             for round_ in range(3):
-                for j, (fn, args) in enumerate(HOSTILE_MIX):
+                for j in range(len(HOSTILE_MIX)):
                     fn_args = HOSTILE_MIX[(i + j + round_) % len(HOSTILE_MIX)]
                     try:
                         await sb.call(fn_args[0], *fn_args[1])

@@ -217,6 +217,8 @@ async def test_default_log_budget_passes_ordinary_logging(guest: Path, caplog: p
         ({"heap_size": 1 * MiB}, TypeError, "unknown sandbox option 'heap_size'"),
     ],
 )
-async def test_out_of_range_options(guest: Path, options: dict[str, object], error: type[Exception], message: str) -> None:
+async def test_out_of_range_options(
+    guest: Path, options: dict[str, object], error: type[Exception], message: str
+) -> None:
     with pytest.raises(error, match=message):
         await aionub.Sandbox.create(guest, **options)

@@ -94,7 +94,7 @@ async def test_waits_when_all_are_busy_first_come_first_served() -> None:
 async def test_acquire_timeout() -> None:
     async with aionub.SandboxPool(aionub.DEMO_GUEST, size=1, acquire_timeout=0.05, **SMALL) as pool:
         async with pool.acquire():
-            with pytest.raises(aionub.PoolTimeout, match="within 0.05 s") as info:
+            with pytest.raises(aionub.PoolTimeout, match=r"within 0\.05 s") as info:
                 async with pool.acquire():
                     pass
             assert isinstance(info.value, TimeoutError)

@@ -15,7 +15,8 @@ def test_public_names() -> None:
     assert set(aionub.__all__) == {
         "BuildError", "CallTimeout", "DEMO_GUEST", "ExecutionCancelled", "GuestAborted", "GuestFault",
         "GuestFunction", "GuestFunctionNotFound", "GuestProtocolError", "HostFunctionError",
-        "InterruptHandle", "InvalidGuest", "PoolTimeout", "SandboxPool", "KvmUnavailable", "Sandbox", "SandboxClosed", "SandboxConfig",
+        "InterruptHandle", "InvalidGuest", "PoolTimeout", "SandboxPool", "KvmUnavailable", "Sandbox", "SandboxClosed",
+        "SandboxConfig",
         "SandboxError", "SandboxPoisoned", "Snapshot", "StackOverflow", "VmError", "build_guest", "process_stats",
     }
     for name in aionub.__all__:

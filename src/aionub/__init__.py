@@ -8,8 +8,7 @@ micro-VMs with no operating system.
 
 from __future__ import annotations
 
-from ._build import BuildError as BuildError
-from ._build import build_guest as build_guest
+from ._build import BuildError as BuildError, build_guest as build_guest
 from ._config import SandboxConfig as SandboxConfig
 from ._exceptions import (
     CallTimeout as CallTimeout,
@@ -30,8 +29,7 @@ from ._exceptions import (
 from ._interrupt import InterruptHandle as InterruptHandle
 from ._native import process_stats as process_stats
 from ._paths import DEMO_GUEST as DEMO_GUEST
-from ._pool import PoolTimeout as PoolTimeout
-from ._pool import SandboxPool as SandboxPool
+from ._pool import PoolTimeout as PoolTimeout, SandboxPool as SandboxPool
 from ._sandbox import Sandbox as Sandbox
 from ._snapshot import Snapshot as Snapshot
 from ._wire import GuestFunction as GuestFunction

@@ -41,7 +41,7 @@ class _Commands:
     """Handing commands to the vCPU thread, with this binding's eventfd as
     the completion target. `kind` is 0 while an event is outstanding."""
 
-    __slots__ = ()
+    __slots__ = ("ptr", "fd", "kind")
     ptr: Any
     fd: int
     kind: int
@@ -67,7 +67,7 @@ class _Commands:
 
 
 class AsyncioBinding(_Commands):
-    __slots__ = ("loop", "fd", "ptr", "kind", "fut", "thread", "_rekick")
+    __slots__ = ("loop", "fut", "thread", "_rekick")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, ptr: Any) -> None:
         self.loop = loop
@@ -154,7 +154,7 @@ class AsyncioBinding(_Commands):
 class AnyioBinding(_Commands):
     """For event loops other than asyncio's (trio), through anyio."""
 
-    __slots__ = ("fd", "ptr", "kind", "thread")
+    __slots__ = ("thread",)
 
     loop = None
 
