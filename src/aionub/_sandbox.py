@@ -8,6 +8,7 @@ import itertools
 import logging
 import math
 import os
+import threading
 import warnings
 from collections.abc import Callable, Coroutine, Generator, Mapping
 from pathlib import Path
@@ -204,6 +205,9 @@ class Sandbox:
         self._deadline: float | None = None  # loop time at which the call times out
         self._log_budget = 0
         self._log_dropped = False
+        # While an async host function runs: its cancel scope and the thread
+        # of its event loop, so that aclose() can stop it.
+        self._host_call_scope: tuple[anyio.CancelScope, int] | None = None
 
     # ---- creation ---------------------------------------------------------
 
@@ -436,6 +440,11 @@ class Sandbox:
             # from the loop until it has finished (never block the loop).
             while self._busy:
                 _native.lib.ab_interrupt_cancel(self._ih)
+                # The guest may be waiting for an async host function rather
+                # than running: cancel that too (from its own loop's thread).
+                host_call = self._host_call_scope
+                if host_call is not None and host_call[1] == threading.get_ident():
+                    host_call[0].cancel()
                 await anyio.sleep(self._config.interrupt_retry_delay)
         finally:
             self._destroy()
@@ -631,17 +640,27 @@ class Sandbox:
         error: HostFunctionError | None = None
         reply = b""
         func = self._host_functions.get(name)
+        closed_meanwhile = False
         if func is None:
             error = HostFunctionError(f"the guest called host function {name!r}, which does not exist")
         else:
             try:
                 result = func(*args)
                 if inspect.isawaitable(result):
-                    result = await result
-                reply = b"\x00" + encode_value(result, f"the result of host function {name!r}")
+                    with anyio.CancelScope() as scope:  # aclose() cancels it
+                        self._host_call_scope = (scope, threading.get_ident())
+                        try:
+                            result = await result
+                        finally:
+                            self._host_call_scope = None
+                    closed_meanwhile = scope.cancelled_caught
+                if not closed_meanwhile:
+                    reply = b"\x00" + encode_value(result, f"the result of host function {name!r}")
             except Exception as exc:
                 error = HostFunctionError(f"host function {name!r} failed: {type(exc).__name__}: {exc}")
                 error.__cause__ = exc
+        if closed_meanwhile:
+            raise SandboxClosed(f"sandbox {self.id} was closed while host function {name!r} was running")
         if error is None and len(reply) > self._config.output_size:
             error = HostFunctionError(
                 f"the result of host function {name!r} takes {len(reply)} bytes, more than "
