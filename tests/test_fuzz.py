@@ -400,3 +400,19 @@ def test_config_validation(demo_elf: bytes, memory: int, stack: int, inp: int, o
     if rc == 0:
         # Accepted: everything fits below memory_size, without wrapping.
         assert inp + out + stack + 0x100000 < memory <= 256 * 1024 * 1024
+
+
+# ---- the long-run script still works ------------------------------------------------------------------
+
+
+def test_fuzz_long_script_smoke(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "fuzz_long.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--inputs", "7000", "--seed", "1", "--run-accepted", "0", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "7,000 inputs in" in proc.stdout and "no failures" in proc.stdout

@@ -405,3 +405,13 @@ asyncio.run(main())
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip() == "parent fine"
+
+
+def test_soak_script_smoke() -> None:
+    script = HERE.parent / "scripts" / "soak_create_close.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--cycles", "80", "--every", "40", "--warmup", "16"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "80 create/close cycles" in proc.stdout and "no leaks" in proc.stdout
