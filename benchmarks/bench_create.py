@@ -14,10 +14,14 @@ Per round, interleaved:
             creation, after one `counter()` call changed guest state (what a
             pool does between users), and after a `spin` call was killed by a
             timeout (what a pool does with a poisoned sandbox)
+  pool      `async with pool.acquire() as sb: await sb.call("counter")` on a
+            one-sandbox `SandboxPool`: checkout, one call, and the reset to
+            the pool's snapshot on release
 
-Targets: cold create + first call ÷ raw C create + first entry, and restore
-÷ cold create (`Sandbox.create` alone: both leave a sandbox ready for a
-call). Each is a ratio of p50s, the medians over rounds.
+Targets: cold create + first call ÷ raw C create + first entry; restore ÷
+cold create (`Sandbox.create` alone: both leave a sandbox ready for a call);
+and a pool cycle ÷ cold create + first call (both give the user a sandbox
+that answered one call). Each is a ratio of p50s, the medians over rounds.
 
 Diagnostic: the floor's guest touches one code page before its first exit;
 a real guest's runtime touches its data, stack, heap and buffers while it
@@ -57,6 +61,7 @@ from _floor import run_floor  # noqa: E402
 import aionub  # noqa: E402
 
 HAVE_RESTORE = hasattr(aionub.Sandbox, "restore") and hasattr(aionub.Sandbox, "snapshot")
+HAVE_POOL = hasattr(aionub, "SandboxPool")
 
 
 async def measure(n: int, with_restore: bool) -> dict[str, float]:
@@ -114,6 +119,17 @@ async def measure(n: int, with_restore: bool) -> dict[str, float]:
             t0 = clock()
             await sb.restore(snap)
             poisoned_s.append((clock() - t0) / 1000)
+    if HAVE_POOL:
+        cycle_s = []
+        async with aionub.SandboxPool(guest, size=1) as pool:
+            for i in range(n + 3):
+                t0 = clock()
+                async with pool.acquire() as sb:
+                    if await sb.call("counter") != 1:
+                        raise RuntimeError("the pool handed out a sandbox that was not reset")
+                if i >= 3:
+                    cycle_s.append((clock() - t0) / 1000)
+        out["pool_cycle"] = percentile(cycle_s, 0.5)
     out.update(
         restore=percentile(restore_s, 0.5),
         restore_call=percentile(restore_call_s, 0.5),
@@ -133,7 +149,7 @@ async def demo_resident_pages() -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=200, help="creations per measurement (default 200)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     parser.add_argument("--quick", action="store_true", help="50 creations, 2 rounds")
     opts = parser.parse_args()
     if opts.quick:
@@ -185,6 +201,9 @@ def main() -> int:
                   f"   (+ first call {fmt_us(med[f'restore_call_{loop}'])}; after a timeout"
                   f" {fmt_us(med[f'restore_poisoned_{loop}'])}; snapshot"
                   f" {fmt_us(med[f'snapshot_{loop}'])}, {med[f'snapshot_kib_{loop}']:.0f} KiB)")
+            if f"pool_cycle_{loop}" in med:
+                label = f"aionub pool acquire + call + release, {loop}"
+                print(f"  {label:<43} {fmt_us(med[f'pool_cycle_{loop}']):>10}")
     for loop in loops:
         print(f"  aionub cold create + first call on {loop} ÷ raw C touching {touch} pages:"
               f" {med[f'cold_{loop}'] / med['raw_touch']:.2f}")
@@ -199,6 +218,10 @@ def main() -> int:
         else:
             target("restore ÷ cold create", "not available yet", "≤ 0.15")
             break
+    for loop in loops:
+        if f"pool_cycle_{loop}" in med:
+            target(f"pool acquire + call + release ÷ cold create + first call on {loop}",
+                   f"{med[f'pool_cycle_{loop}'] / med[f'cold_{loop}']:.3f}", "≤ 0.15")
     return 0
 
 

@@ -8,9 +8,13 @@ non-PIC ones a shared library cannot use) into `.build/libfib.so` and called
 through ctypes. The script also compares the two functions' machine code
 (objdump) and says whether it is identical.
 
-Per round, alternating: --reps calls of `await sb.call("fib", 30)` on one
-sandbox (each sample includes one call round trip, about 1% of the total)
-and --reps native calls. Speed = native p50 ÷ guest p50 over all samples.
+Samples alternate: one `await sb.call("fib", 30)` on one sandbox (each
+sample includes one call round trip, about 1% of the total), then one
+native call, --reps pairs per round. The machine is shared, and a burst of
+someone else's work slows whichever side is running, so the target uses the
+median over pairs of (native time ÷ guest time): each pair ran within a few
+milliseconds. The p50 of each side and the ratio of the fastest samples are
+shown too.
 
     python benchmarks/bench_fib.py            # about 20 s on 2 cores
     python benchmarks/bench_fib.py --quick    # about 5 s
@@ -101,6 +105,7 @@ def fib_instructions(binary: Path) -> list[str] | None:
 
 
 async def measure(lib: ctypes.CDLL, reps: int, rounds: int) -> tuple[list[float], list[float]]:
+    """Alternating samples: guest, native, guest, native... (µs)."""
     clock = time.perf_counter_ns
     guest_s: list[float] = []
     native_s: list[float] = []
@@ -112,11 +117,11 @@ async def measure(lib: ctypes.CDLL, reps: int, rounds: int) -> tuple[list[float]
             for _ in range(reps):
                 t0 = clock()
                 await sb.call("fib", N)
-                guest_s.append((clock() - t0) / 1000)
-            for _ in range(reps):
-                t0 = clock()
+                t1 = clock()
                 lib.native_fib(N)
-                native_s.append((clock() - t0) / 1000)
+                t2 = clock()
+                guest_s.append((t1 - t0) / 1000)
+                native_s.append((t2 - t1) / 1000)
             print(f"round {r + 1}: guest p50 {fmt_us(median(guest_s[-reps:]))},"
                   f" native p50 {fmt_us(median(native_s[-reps:]))}", flush=True)
     return guest_s, native_s
@@ -137,6 +142,7 @@ def main() -> int:
 
     guest_s, native_s = asyncio.run(measure(lib, opts.reps, opts.rounds))
     g, n = percentile(guest_s, 0.5), percentile(native_s, 0.5)
+    paired = median(nat / gst for gst, nat in zip(guest_s, native_s))
 
     same = None
     native_code = fib_instructions(lib_path)
@@ -150,8 +156,10 @@ def main() -> int:
     if same is not None:
         print(f"  machine code of fib(): {'identical' if same else 'DIFFERENT'} "
               f"({len(guest_code)} vs {len(native_code)} instructions)")
+    print(f"  speed, native p50 ÷ guest p50:          {n / g:.3f}")
+    print(f"  speed, fastest native ÷ fastest guest:  {min(native_s) / min(guest_s):.3f}")
     print()
-    target(f"fib({N}) in the guest ÷ native (speed)", f"{n / g:.3f}", "≥ 0.9")
+    target(f"fib({N}) in the guest ÷ native (speed)", f"{paired:.3f}", "≥ 0.9")
     return 0
 
 

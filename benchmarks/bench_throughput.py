@@ -12,8 +12,13 @@ Per round, interleaved:
 The target divides the median calls/s of aionub by the median of raw C.
 Diagnostics: raw C with 64 threads (64 VMs on 2 CPUs, the same
 over-subscription aionub has), how evenly the calls spread over the 64
-sandboxes (min / max per sandbox), and the CPU time the process used per
-call, split into user and system time.
+sandboxes (min / max per sandbox), the CPU time the process used per
+call (user and system), and how busy the event loop's thread was, with its
+CPU time per call: one thread runs the Python side of every call, so
+1 / (its CPU per call) bounds the calls/s of one event loop; the vCPU
+threads' CPU time per call in and out of the guest (clock-tick resolution,
+summed over the 64 threads); and the calls/s that the process's CPU time
+per call allows on this machine's CPUs, next to raw C's CPU time per call.
 
     python benchmarks/bench_throughput.py            # about 40 s on 2 cores
     python benchmarks/bench_throughput.py --quick    # about 10 s
@@ -36,6 +41,28 @@ from _floor import run_floor  # noqa: E402
 import aionub  # noqa: E402
 
 WARMUP_S = 1.0
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def vcpu_cpu_s() -> dict[str, float]:
+    """CPU time of this process's vCPU threads, in seconds: user (which
+    includes time in the guest), system, and guest alone. Clock-tick
+    resolution: meaningful summed over many threads and seconds."""
+    total = {"user": 0.0, "system": 0.0, "guest": 0.0}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        if name != "aionub-vcpu":
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # fields[0] is field 3 (state)
+        total["user"] += int(fields[11]) / TICK
+        total["system"] += int(fields[12]) / TICK
+        total["guest"] += int(fields[40]) / TICK
+    return total
 
 
 async def aggregate(sandboxes: int, seconds: float) -> dict[str, float]:
@@ -53,10 +80,10 @@ async def aggregate(sandboxes: int, seconds: float) -> dict[str, float]:
         tasks = [asyncio.create_task(worker(i, sb)) for i, sb in enumerate(boxes)]
         await asyncio.sleep(WARMUP_S)
         before = list(counts)
-        cpu0, t0 = os.times(), time.perf_counter()
+        cpu0, t0, th0, v0 = os.times(), time.perf_counter(), time.thread_time(), vcpu_cpu_s()
         await asyncio.sleep(seconds)
         after = list(counts)
-        cpu1, t1 = os.times(), time.perf_counter()
+        cpu1, t1, th1, v1 = os.times(), time.perf_counter(), time.thread_time(), vcpu_cpu_s()
         stop = True
         await asyncio.gather(*tasks)
     finally:
@@ -69,6 +96,11 @@ async def aggregate(sandboxes: int, seconds: float) -> dict[str, float]:
         "max_share": max(per_box) / (total / sandboxes),
         "user_us_per_call": (cpu1.user - cpu0.user) * 1e6 / total,
         "sys_us_per_call": (cpu1.system - cpu0.system) * 1e6 / total,
+        "loop_us_per_call": (th1 - th0) * 1e6 / total,
+        "vcpu_guest_us_per_call": (v1["guest"] - v0["guest"]) * 1e6 / total,
+        "vcpu_host_us_per_call": ((v1["user"] - v0["user"]) - (v1["guest"] - v0["guest"])
+                                  + (v1["system"] - v0["system"])) * 1e6 / total,
+        "loop_busy": (th1 - th0) / (t1 - t0),
     }
 
 
@@ -92,7 +124,9 @@ def main() -> int:
     extra: dict[str, list[dict[str, float]]] = {}
     started = time.monotonic()
     for r in range(opts.rounds):
-        res.setdefault("raw2", []).append(run_floor("threads", 2, raw_n)["calls_per_s"])
+        raw2 = run_floor("threads", 2, raw_n)
+        res.setdefault("raw2", []).append(raw2["calls_per_s"])
+        res.setdefault("raw2_cpu", []).append(raw2["cpu_us_per_call"])
         res.setdefault("raw64", []).append(
             run_floor("threads", 64, max(200, raw_n // 32))["calls_per_s"])
         for loop in loops:
@@ -104,6 +138,8 @@ def main() -> int:
     elapsed = time.monotonic() - started
 
     med = {k: median(v) for k, v in res.items()}
+    ncpu = len(os.sched_getaffinity(0))
+    raw_cpu = med["raw2_cpu"]
     print(f"\ncalls/s, median of {opts.rounds} rounds ({elapsed:.0f} s):")
     print(f"  {'raw C, 2 threads (one VM each)':<36} {med['raw2']:>10,.0f}")
     print(f"  {'raw C, 64 threads (one VM each)':<36} {med['raw64']:>10,.0f}")
@@ -113,7 +149,15 @@ def main() -> int:
         print(f"  {label:<36} {med[loop]:>10,.0f}\n"
               f"  {'':<36} per sandbox {median(x['min_share'] for x in e):.2f}-{median(x['max_share'] for x in e):.2f}"
               f" x the mean; CPU per call: user {median(x['user_us_per_call'] for x in e):.1f} µs,"
-              f" system {median(x['sys_us_per_call'] for x in e):.1f} µs")
+              f" system {median(x['sys_us_per_call'] for x in e):.1f} µs\n"
+              f"  {'':<36} event loop thread: {median(x['loop_busy'] for x in e):.0%} busy,"
+              f" {median(x['loop_us_per_call'] for x in e):.1f} µs of its CPU per call"
+              f" (alone it could drive {1e6 / median(x['loop_us_per_call'] for x in e):,.0f} calls/s)\n"
+              f"  {'':<36} vCPU threads per call: {median(x['vcpu_guest_us_per_call'] for x in e):.1f} µs"
+              f" in the guest, {median(x['vcpu_host_us_per_call'] for x in e):.1f} µs on the host")
+        cpu = median(x["user_us_per_call"] + x["sys_us_per_call"] for x in e)
+        print(f"  {'':<36} CPU per call {cpu:.1f} µs vs raw C's {raw_cpu:.1f} µs: on {ncpu} CPUs"
+              f" at most {ncpu * 1e6 / cpu:,.0f} calls/s, {raw_cpu / cpu:.2f} x raw C")
     print()
     for loop in loops:
         target(f"aggregate calls/s, {opts.sandboxes} sandboxes on {loop}, ÷ raw C with 2 threads",

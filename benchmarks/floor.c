@@ -268,7 +268,15 @@ struct worker {
     size_t n;
     pthread_barrier_t *start_line;
     uint64_t start_ns, end_ns;
+    uint64_t cpu_ns; /* this thread's CPU time over the measured loop */
 };
+
+static uint64_t thread_cpu_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
 
 static void *worker_main(void *arg)
 {
@@ -280,8 +288,10 @@ static void *worker_main(void *arg)
 
     pthread_barrier_wait(w->start_line);
     w->start_ns = now_ns();
+    uint64_t cpu0 = thread_cpu_ns();
     for (size_t i = 0; i < w->n; i++)
         vm_run_expect_out(&vm);
+    w->cpu_ns = thread_cpu_ns() - cpu0;
     w->end_ns = now_ns();
 
     vm_check_counter(&vm, WARMUP_RUNS + w->n);
@@ -304,9 +314,10 @@ static void cmd_threads(size_t threads, size_t n)
         if (err)
             die("pthread_create failed: %s", strerror(err));
     }
-    uint64_t first_start = UINT64_MAX, last_end = 0;
+    uint64_t first_start = UINT64_MAX, last_end = 0, cpu_ns = 0;
     for (size_t i = 0; i < threads; i++) {
         pthread_join(workers[i].tid, NULL);
+        cpu_ns += workers[i].cpu_ns;
         if (workers[i].start_ns < first_start)
             first_start = workers[i].start_ns;
         if (workers[i].end_ns > last_end)
@@ -316,8 +327,9 @@ static void cmd_threads(size_t threads, size_t n)
     double elapsed_s = (double)(last_end - first_start) / 1e9;
     double calls = (double)threads * (double)n;
     printf("{\"name\": \"aggregate\", \"threads\": %zu, \"n\": %zu, \"calls_per_s\": %.1f, "
-           "\"elapsed_s\": %.6f, \"per_thread_call_us\": %.3f}\n",
-           threads, n, calls / elapsed_s, elapsed_s, elapsed_s * 1e6 / (double)n);
+           "\"elapsed_s\": %.6f, \"per_thread_call_us\": %.3f, \"cpu_us_per_call\": %.3f}\n",
+           threads, n, calls / elapsed_s, elapsed_s, elapsed_s * 1e6 / (double)n,
+           (double)cpu_ns / 1000.0 / calls);
     fflush(stdout);
     pthread_barrier_destroy(&start_line);
     free(workers);
