@@ -29,7 +29,9 @@ initialises, and on nested KVM each first touch of a page costs a few µs.
 `floor create N 8 P` has the raw guest write to P pages first, P being the
 number of guest pages resident in a demo sandbox after its first call (an
 upper bound on what its guest touched), which gives the floor for a guest
-of this size.
+of this size. And, through aionub's internals (skipped if they change),
+Sandbox.create split into its native part on the calling thread and the
+boot that follows.
 
     python benchmarks/bench_create.py            # about 40 s on 2 cores
     python benchmarks/bench_create.py --quick    # about 10 s
@@ -140,6 +142,36 @@ async def measure(n: int, with_restore: bool) -> dict[str, float]:
     return out
 
 
+async def create_phases(n: int) -> dict[str, float] | None:
+    """Sandbox.create split in two, through aionub's internals (None if they
+    changed): the native part on the calling thread (ELF checks and load,
+    guest memory, starting the vCPU thread) and the boot (VM creation on the
+    vCPU thread, the guest's initialisation up to READY, the function table)."""
+    try:
+        from aionub._config import SandboxConfig
+        from aionub._native import NativeSandbox
+        from aionub._sandbox import _read_guest
+
+        options = SandboxConfig()
+        image, label = _read_guest(aionub.DEMO_GUEST)
+        clock = time.perf_counter_ns
+        native_s, boot_s = [], []
+        for i in range(n + 3):
+            t0 = clock()
+            native = NativeSandbox(options.to_native(), image)
+            sb = aionub.Sandbox(native, options, {}, label)
+            t1 = clock()
+            await sb._boot()
+            t2 = clock()
+            await sb.aclose()
+            if i >= 3:
+                native_s.append((t1 - t0) / 1000)
+                boot_s.append((t2 - t1) / 1000)
+        return {"native": percentile(native_s, 0.5), "boot": percentile(boot_s, 0.5)}
+    except (ImportError, AttributeError, TypeError):
+        return None
+
+
 async def demo_resident_pages() -> int:
     async with aionub.Sandbox.create(aionub.DEMO_GUEST) as sb:
         await sb.call("noop")
@@ -178,6 +210,10 @@ def main() -> int:
             out = run_on(loop, lambda: measure(opts.n, HAVE_RESTORE))
             for key, value in out.items():
                 res.setdefault(f"{key}_{loop}", []).append(value)
+        phases = asyncio.run(create_phases(max(20, opts.n // 4)))
+        if phases is not None:
+            res.setdefault("phase_native", []).append(phases["native"])
+            res.setdefault("phase_boot", []).append(phases["boot"])
         print(f"round {r + 1}: raw {res['raw'][-1]:.0f} µs, "
               + ", ".join(f"cold {loop} {res[f'cold_{loop}'][-1]:.0f} µs" for loop in loops)
               + ("".join(f", restore {loop} {res[f'restore_{loop}'][-1]:.0f} µs" for loop in loops)
@@ -204,6 +240,10 @@ def main() -> int:
             if f"pool_cycle_{loop}" in med:
                 label = f"aionub pool acquire + call + release, {loop}"
                 print(f"  {label:<43} {fmt_us(med[f'pool_cycle_{loop}']):>10}")
+    if "phase_native" in med:
+        print(f"  Sandbox.create on asyncio, split: native part {fmt_us(med['phase_native'])}"
+              f" (ELF, guest memory, vCPU thread start), boot {fmt_us(med['phase_boot'])}"
+              f" (VM on the vCPU thread + guest init to READY + function table)")
     for loop in loops:
         print(f"  aionub cold create + first call on {loop} ÷ raw C touching {touch} pages:"
               f" {med[f'cold_{loop}'] / med['raw_touch']:.2f}")

@@ -57,6 +57,14 @@ def machine() -> dict[str, str]:
     }
 
 
+def loadavg() -> str:
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "unknown"
+
+
 def targets_of(output: str) -> list[tuple[str, str, str]]:
     """The target lines: the last block of the output (after its last blank line)."""
     block = output.rstrip("\n").split("\n\n")[-1]
@@ -81,7 +89,7 @@ def main() -> int:
     for name in opts.only or SCRIPTS:
         argv = [sys.executable, str(HERE / f"{name}.py")] + (["--quick"] if opts.quick else [])
         shown = shlex.join(["python", f"benchmarks/{name}.py", *argv[2:]])
-        print(f"\n===== {shown}", flush=True)
+        print(f"\n===== {shown}   (load average {loadavg()})", flush=True)
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
         assert proc.stdout is not None
         lines = []
@@ -94,6 +102,7 @@ def main() -> int:
         results.append((shown, targets_of("".join(lines))))
 
     info = machine()
+    info["load average at the end"] = loadavg()
     print(f"\n===== summary ({started:%Y-%m-%d %H:%M}, {(datetime.datetime.now() - started).seconds} s)")
     if opts.markdown:
         for key, value in info.items():
