@@ -230,6 +230,18 @@ static int64_t port_io(const char *kind, int64_t port) {
         const void *src = words;
         uint64_t count = 2;
         __asm__ volatile("rep outsl" : "+S"(src), "+c"(count) : "d"(p) : "memory");
+    } else if (is(kind, "rep_outsl_result")) {
+        /* a well-formed result (int 7), announced by a string out of two
+         * elements, each a valid length */
+        uint8_t *o = (uint8_t *)(uintptr_t)boot()->output_addr;
+        int64_t seven = 7;
+        o[0] = AB_STATUS_OK;
+        o[1] = AB_TAG_INT;
+        memcpy(o + 2, &seven, 8);
+        static const uint32_t lengths[2] = {10, 10};
+        const void *src = lengths;
+        uint64_t count = 2;
+        __asm__ volatile("rep outsl" : "+S"(src), "+c"(count) : "d"(p) : "memory");
     } else
         ab_abort(2, "port_io: unknown %s", kind);
     return v;
