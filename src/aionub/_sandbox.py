@@ -541,6 +541,10 @@ class Sandbox:
                 if kind == EV_LOG:
                     self._emit_log()
                 elif kind == EV_HOSTCALL:
+                    if not self._busy:
+                        # Host functions serve calls (docs/abi.md); a guest
+                        # asking for one while it starts up is not in one.
+                        raise GuestProtocolError(f"the guest called a host function during {what}")
                     await self._serve_host_call()
                     # A deadline that passed, or a cancellation that arrived,
                     # while a sync host function blocked the loop takes
