@@ -356,6 +356,9 @@ INSN_CASES: list[tuple[str, Check]] = [
     ("iret_to_kernel", fault(GP, 0x08)),
     ("popf_iopl", fault(GP, 0)),  # IOPL stays 0; the out that follows faults
     ("null_segments", fault(UD)),  # delivery does not depend on ds/es/fs/gs
+    ("trap_flag", fault(DB)),  # TF set by popf: #DB after the next instruction
+    ("lmsw", fault(GP, 0)),
+    ("monitor", one_of(fault(UD), fault(GP, 0))),
 ]
 
 
@@ -616,6 +619,7 @@ BAD_INIT_CASES = {
     "fault": (aionub.GuestFault, "#PF"),
     "abort": (aionub.GuestAborted, "refusing to start"),
     "privileged": (aionub.GuestFault, "#GP"),
+    "hostcall": (aionub.GuestProtocolError, "called a host function during initialisation"),
 }
 
 
@@ -630,9 +634,11 @@ async def test_misbehaviour_before_ready(bad_init: Path, behaviour: str) -> None
     options = bad_init_options(behaviour)
     if behaviour == "spin":
         options["init_timeout"] = 0.3
+    called: list[object] = []
     async with neighbour():
         with pytest.raises(aionub.InvalidGuest) as info:
-            await aionub.Sandbox.create(bad_init, **options)
+            await aionub.Sandbox.create(bad_init, host_functions={"ping": lambda: called.append(1)}, **options)
+    assert called == []  # no host function runs before the guest is ready
     assert message in str(info.value)
     if cause is not None:
         assert isinstance(info.value.__cause__, cause)
@@ -643,6 +649,13 @@ async def test_bad_init_guest_starts_when_told_to_behave(bad_init: Path) -> None
     # selects no misbehaviour starts and runs.
     async with aionub.Sandbox.create(bad_init) as sb:
         assert await sb.call("f") == 1
+
+
+async def test_logging_before_ready_is_allowed(bad_init: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="aionub.guest"):
+        async with aionub.Sandbox.create(bad_init, **bad_init_options("log")) as sb:
+            assert await sb.call("f") == 1
+    assert any("starting up" in r.getMessage() for r in caplog.records)
 
 
 # ---- 3. triple faults ---------------------------------------------------------------------

@@ -29,6 +29,8 @@ BAD_INIT = {
     "abort": 8,
     "privileged": 9,
     "table_huge_count": 10,
+    "hostcall": 11,
+    "log": 12,
 }
 _BAD_INIT_BASE = 32  # pages; BAD_INIT_BASE in bad_init.c
 

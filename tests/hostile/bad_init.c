@@ -21,6 +21,8 @@
 #define ABORT 8             /* ab_abort()                                    */
 #define PRIVILEGED 9        /* executes hlt                                  */
 #define TABLE_HUGE_COUNT 10 /* count says 2^32-1 functions                   */
+#define HOSTCALL 11         /* a host-call request before being ready        */
+#define LOG 12              /* a log record before being ready (allowed)     */
 
 #define BAD_INIT_BASE 32 /* pages */
 
@@ -91,6 +93,16 @@ __attribute__((constructor)) static void misbehave(void) {
         memcpy(o, &many, 4);
         out(AB_PORT_READY, 4);
         break;
+    case HOSTCALL:
+        n = 0;
+        memcpy(o, &(uint32_t){4}, 4);
+        memcpy(o + 4, "ping", 5);
+        o[9] = 0; /* no arguments */
+        out(AB_PORT_HOSTCALL, 10);
+        break;
+    case LOG:
+        ab_log(AB_LOG_INFO, "starting up");
+        return; /* then start normally */
     default:
         return; /* start normally */
     }

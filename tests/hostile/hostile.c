@@ -193,6 +193,18 @@ static int64_t insn(const char *kind) {
         /* try to raise IOPL to 3 and set IF (CPL3 cannot: silently
          * ignored), then use port I/O as if it had worked */
         __asm__ volatile("pushq $0x3202\n\tpopfq\n\toutb %%al, $0x80" : : "a"(0) : "memory", "cc");
+    } else if (is(kind, "trap_flag")) {
+        /* single-stepping is allowed at CPL3; the #DB after the next
+         * instruction is a fault like any other */
+        __asm__ volatile("pushfq\n\torq $0x100, (%%rsp)\n\tpopfq\n\tnop" : : : "memory", "cc");
+    } else if (is(kind, "lmsw")) {
+        __asm__ volatile("lmsw %w0" : : "r"(1));
+    } else if (is(kind, "monitor")) {
+        __asm__ volatile("monitor" : : "a"(AB_BOOT_INFO_ADDR), "c"(0), "d"(0));
+    } else if (is(kind, "xgetbv")) {
+        uint32_t lo, hi;
+        __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+        rax = lo;
     } else if (is(kind, "vmcall")) {
         rax = 0;
         __asm__ volatile("vmcall" : "+a"(rax) : : "memory");
