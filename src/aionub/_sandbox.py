@@ -612,7 +612,12 @@ class Sandbox:
             self._set_poison(str(exc))
             raise
         if status == _abi.STATUS_NOT_FOUND:
-            raise GuestFunctionNotFound(f"guest {self._label} has no function named {message!r}")
+            # The host only calls names from the guest's own function table,
+            # so "not found" contradicts what the guest declared: a lie.
+            self._set_poison(f"{fn.name}() was reported missing by a guest that exports it")
+            raise GuestProtocolError(
+                f"guest {self._label} exports {fn.name}() but answered that it has no function named {message!r}"
+            )
         if status == _abi.STATUS_BAD_ARGS:
             raise TypeError(f"guest rejected the arguments of {fn.name}(): {message}")
         self._set_poison(f"{fn.name}() returned unknown status {status}")
