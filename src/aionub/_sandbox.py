@@ -483,7 +483,7 @@ class Sandbox:
     def _timed_out(self, name: str, timeout: float) -> CallTimeout:
         if self._poison is not None:  # not if the guest finished as the deadline hit
             self._poison = f"a call to {name}() timed out after {timeout} s"
-        return CallTimeout(f"{name}() did not finish within {timeout} s; the guest was stopped")
+        return CallTimeout(f"{name}() did not finish within {timeout:g} s; the guest was stopped")
 
     def _bind(self) -> Binding:
         """The binding for the event loop we are running on."""
