@@ -7,13 +7,16 @@ machine's noise hits every side alike):
               and the same through a dedicated vCPU thread (futex request,
               eventfd completion: the shape of aionub's design)
   aionub      `await sb.call("noop")` on uvloop and on asyncio
-  to_thread   `await asyncio.to_thread(lib.rk_roundtrip)` on the same loop:
-              one raw KVM_RUN round trip (rawkvm.c, through ctypes, which
-              releases the GIL) run in the default executor, which is what a
-              synchronous sandbox gives async code
+  to_thread   `await asyncio.to_thread(lib.rk_roundtrip)` on the same kind
+              of loop: one raw KVM_RUN round trip (rawkvm.c, through ctypes,
+              which releases the GIL) run in the default executor, which is
+              what a synchronous sandbox gives async code
   wasmtime    wasmtime-py calling a no-op export (`(func (export "noop"))`)
 
-Each figure is the p50 of --calls sequential calls; a round's p50s are
+Each measurement runs on a fresh event loop of its own (so that only one
+helper thread, the vCPU thread or the executor's, competes with the loop's
+thread for the two CPUs). Each figure is the p50 of --calls sequential
+calls; a round's p50s are
 combined as the median over --rounds rounds, and every ratio divides two
 such medians. Diagnostics follow: the same noop with the `spin_time` option
 (the vCPU thread polls for the next call for 200 µs before it sleeps on its
@@ -69,19 +72,14 @@ WAT_NOOP = """
   (func (export "noop")))
 """
 
-BLOCK = 250  # calls per alternating block when two things share one loop run
 SPIN = 0.0002  # spin_time of the diagnostic run: the vCPU thread polls 200 µs for the next call
 
 
-async def aionub_and_to_thread(calls: int, with_to_thread: bool, split: bool = False,
-                               **config: object) -> tuple[float, float | None]:
-    """p50 (µs) of noop calls and of to_thread raw round trips, measured in
-    alternating blocks on the running loop. split: pin the event loop's
-    thread to one CPU and the sandbox's vCPU thread to another."""
-    lib = open_rawkvm() if with_to_thread else None
+async def aionub_noop(calls: int, split: bool = False, **config: object) -> float:
+    """p50 (µs) of sequential noop calls on one sandbox. split: pin the event
+    loop's thread to one CPU and the sandbox's vCPU thread to another."""
     clock = time.perf_counter_ns
-    noop_s: list[float] = []
-    thread_s: list[float] = []
+    samples: list[float] = []
     before = vcpu_threads() if split else set()
     async with aionub.Sandbox.create(aionub.DEMO_GUEST, **config) as sb:
         call = sb.call
@@ -90,27 +88,28 @@ async def aionub_and_to_thread(calls: int, with_to_thread: bool, split: bool = F
             place_threads(vcpu, "split")
         for _ in range(min(calls, 1000)):  # warm-up
             await call("noop")
-        if lib is not None:
-            rt = lib.rk_roundtrip
-            for _ in range(min(calls, 1000)):
-                if await asyncio.to_thread(rt) != 0:
-                    raise RuntimeError("raw KVM round trip failed")
-        done = 0
-        while done < calls:
-            block = min(BLOCK, calls - done)
-            for _ in range(block):
-                t0 = clock()
-                await call("noop")
-                noop_s.append((clock() - t0) / 1000)
-            if lib is not None:
-                for _ in range(block):
-                    t0 = clock()
-                    rc = await asyncio.to_thread(rt)
-                    thread_s.append((clock() - t0) / 1000)
-                    if rc != 0:
-                        raise RuntimeError(f"raw KVM round trip failed ({rc})")
-            done += block
-    return percentile(noop_s, 0.5), (percentile(thread_s, 0.5) if thread_s else None)
+        for _ in range(calls):
+            t0 = clock()
+            await call("noop")
+            samples.append((clock() - t0) / 1000)
+    return percentile(samples, 0.5)
+
+
+async def to_thread_roundtrip(calls: int) -> float:
+    """p50 (µs) of `await asyncio.to_thread(<one raw KVM_RUN round trip>)`."""
+    rt = open_rawkvm().rk_roundtrip
+    clock = time.perf_counter_ns
+    samples: list[float] = []
+    for _ in range(min(calls, 1000)):  # warm-up; starts the executor's thread
+        if await asyncio.to_thread(rt) != 0:
+            raise RuntimeError("raw KVM round trip failed")
+    for _ in range(calls):
+        t0 = clock()
+        rc = await asyncio.to_thread(rt)
+        samples.append((clock() - t0) / 1000)
+        if rc != 0:
+            raise RuntimeError(f"raw KVM round trip failed ({rc})")
+    return percentile(samples, 0.5)
 
 
 def wasmtime_noop(wasmtime, calls: int) -> float:
@@ -167,25 +166,22 @@ def main() -> int:
         add("raw", run_floor("roundtrip", opts.calls)["p50_us"])
         add("raw_thread", run_floor("roundtrip-thread", opts.calls)["p50_us"])
         for loop in loops:
-            noop, thr = run_on(loop, lambda: aionub_and_to_thread(opts.calls, True))
-            add(f"noop_{loop}", noop)
-            add(f"to_thread_{loop}", thr)
+            add(f"noop_{loop}", run_on(loop, lambda: aionub_noop(opts.calls)))
+            add(f"to_thread_{loop}", run_on(loop, lambda: to_thread_roundtrip(opts.calls)))
         for loop in loops:
-            noop, _ = run_on(loop, lambda: aionub_and_to_thread(opts.calls, False, spin_time=SPIN))
-            add(f"noop_{loop}_spin", noop)
+            add(f"noop_{loop}_spin", run_on(loop, lambda: aionub_noop(opts.calls, spin_time=SPIN)))
         if wasmtime is not None:
             add("wasmtime", wasmtime_noop(wasmtime, opts.calls))
         if pinned:
             with one_cpu():
                 add("raw_thread_1cpu", run_floor("roundtrip-thread", opts.calls)["p50_us"])
                 for loop in loops:
-                    noop, thr = run_on(loop, lambda: aionub_and_to_thread(opts.calls, True))
-                    add(f"noop_{loop}_1cpu", noop)
-                    add(f"to_thread_{loop}_1cpu", thr)
+                    add(f"noop_{loop}_1cpu", run_on(loop, lambda: aionub_noop(opts.calls)))
+                    add(f"to_thread_{loop}_1cpu", run_on(loop, lambda: to_thread_roundtrip(opts.calls)))
             if len(os.sched_getaffinity(0)) >= 2:
                 for loop in loops:
                     with restored_affinity():
-                        noop, _ = run_on(loop, lambda: aionub_and_to_thread(opts.calls, False, split=True))
+                        noop = run_on(loop, lambda: aionub_noop(opts.calls, split=True))
                     add(f"noop_{loop}_2cpu", noop)
         print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in res.items()) + " (µs)",
               flush=True)
