@@ -299,7 +299,7 @@ def main() -> int:
             row(f"  pinned: loop and vCPU on two CPUs, {loop}", f"deadline_{loop}_split")
         early = med[f"early_{loop}_p50"]
         if early:
-            print(f"  ({early:.0%} of the {loop} timeouts fired before the deadline:"
+            print(f"  ({early:.1%} of the {loop} timeouts fired before the deadline:"
                   f" its timers have millisecond granularity)")
     if wasmtime is not None:
         row("wasmtime-py deadline -> Trap caught (timer thread + epoch)", "wasm_deadline")
