@@ -29,7 +29,7 @@ with the event loop pinned to one CPU and the vCPU thread to the other
 scheduler settles on one of these two placements and keeps it for a while,
 so the unpinned figures are bimodal: compare them with both.
 
-    python benchmarks/bench_call.py            # about 30 s on 2 cores
+    python benchmarks/bench_call.py            # about 35 s on 2 cores
     python benchmarks/bench_call.py --quick    # about 5 s
     python benchmarks/bench_call.py --no-wasmtime
 

@@ -33,8 +33,8 @@ of this size. And, through aionub's internals (skipped if they change),
 Sandbox.create split into its native part on the calling thread and the
 boot that follows.
 
-    python benchmarks/bench_create.py            # about 40 s on 2 cores
-    python benchmarks/bench_create.py --quick    # about 10 s
+    python benchmarks/bench_create.py            # about 10 s on 2 cores
+    python benchmarks/bench_create.py --quick    # about 1 s
 """
 
 from __future__ import annotations

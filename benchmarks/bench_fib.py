@@ -16,8 +16,8 @@ median over pairs of (native time ÷ guest time): each pair ran within a few
 milliseconds. The p50 of each side and the ratio of the fastest samples are
 shown too.
 
-    python benchmarks/bench_fib.py            # about 20 s on 2 cores
-    python benchmarks/bench_fib.py --quick    # about 5 s
+    python benchmarks/bench_fib.py            # about 3 s on 2 cores
+    python benchmarks/bench_fib.py --quick    # under 1 s
 """
 
 from __future__ import annotations

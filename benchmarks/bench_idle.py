@@ -32,7 +32,7 @@ and after one `noop` call on every sandbox (idle after use). The target line
 uses the second, the larger. RLIMIT_NOFILE is raised to its hard limit
 (each sandbox holds a few file descriptors).
 
-    python benchmarks/bench_idle.py                 # 1,000 sandboxes, about 30 s
+    python benchmarks/bench_idle.py                 # 1,000 sandboxes, about 5 s
     python benchmarks/bench_idle.py --quick         # 200 sandboxes
     python benchmarks/bench_idle.py --sandboxes 2000
 """

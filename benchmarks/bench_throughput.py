@@ -20,8 +20,8 @@ threads' CPU time per call in and out of the guest (clock-tick resolution,
 summed over the 64 threads); and the calls/s that the process's CPU time
 per call allows on this machine's CPUs, next to raw C's CPU time per call.
 
-    python benchmarks/bench_throughput.py            # about 40 s on 2 cores
-    python benchmarks/bench_throughput.py --quick    # about 10 s
+    python benchmarks/bench_throughput.py            # about 45 s on 2 cores
+    python benchmarks/bench_throughput.py --quick    # about 15 s
 """
 
 from __future__ import annotations

@@ -36,8 +36,8 @@ the threads pinned: the event loop and the sandbox's vCPU thread on one CPU
 (the spinning guest then competes with the loop's timer for that CPU), and
 on two CPUs. Unpinned, the scheduler picks one of these placements.
 
-    python benchmarks/bench_timeout.py            # about 60 s on 2 cores
-    python benchmarks/bench_timeout.py --quick    # about 15 s
+    python benchmarks/bench_timeout.py            # about 30 s on 2 cores
+    python benchmarks/bench_timeout.py --quick    # about 7 s
     python benchmarks/bench_timeout.py --no-wasmtime
 """
 

@@ -6,8 +6,8 @@ description and every `name: measured (target)` line, with the command that
 produced it. `--markdown` prints that summary as the table used in
 benchmarks/README.md.
 
-    python benchmarks/run_all.py            # about 5 minutes on 2 cores
-    python benchmarks/run_all.py --quick    # about 1 minute
+    python benchmarks/run_all.py            # about 2 minutes on 2 cores
+    python benchmarks/run_all.py --quick    # about 30 s
     python benchmarks/run_all.py --markdown --only bench_call bench_fib
 """
 
