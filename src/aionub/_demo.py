@@ -45,7 +45,7 @@ class DemoReport:
     latencies: list[float] = field(default_factory=list)
     kills: int = 0
     errors: list[str] = field(default_factory=list)
-    recreated: int = 0
+    restored: int = 0
     #: Latencies of the completed calls of each function.
     by_function: dict[str, list[float]] = field(default_factory=dict)
 
@@ -61,7 +61,7 @@ class DemoReport:
             f"aionub demo: {self.sandboxes} sandboxes of {DEMO_GUEST.name}, {self.duration:.1f} s",
             f"  calls    {self.calls:>8}  ({self.calls / self.duration:,.0f}/s)",
             f"  latency  p50 {p50:,.0f} µs   p99 {p99:,.0f} µs   (completed calls)",
-            f"  kills    {self.kills:>8}  (spin() stopped at timeout=20 ms; sandbox replaced {self.recreated}x)",
+            f"  kills    {self.kills:>8}  (spin() stopped at timeout=20 ms; sandbox restored {self.restored}x)",
             f"  errors   {len(self.errors):>8}",
         ]
         lines += [f"    {e}" for e in self.errors[:5]]
@@ -92,20 +92,20 @@ def _percentiles(latencies: list[float]) -> tuple[float, float]:
     return statistics.median(lat) * 1e6, lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e6
 
 
-async def _worker(slot: list[Sandbox], rng: random.Random, deadline: float, report: DemoReport) -> None:
+async def _worker(sb: Sandbox, rng: random.Random, deadline: float, report: DemoReport) -> None:
     weights = [w for w, _ in _JOBS]
     jobs = [j for _, j in _JOBS]
+    snapshot = await sb.snapshot()  # a killed call poisons the sandbox: restore to this
     while time.monotonic() < deadline:
         name, make_args, check, timeout = rng.choices(jobs, weights)[0]
         args = make_args(rng)
         start = time.perf_counter()
         try:
-            value = await slot[0].call(name, *args, timeout=timeout)
+            value = await sb.call(name, *args, timeout=timeout)
         except CallTimeout:
             report.kills += 1
-            await slot[0].aclose()
-            slot[0] = await Sandbox.create(DEMO_GUEST)
-            report.recreated += 1
+            await sb.restore(snapshot)
+            report.restored += 1
             continue
         except SandboxError as exc:
             report.errors.append(f"{name}: {type(exc).__name__}: {exc}")
@@ -146,7 +146,7 @@ async def run_demo(
     terminal) shows a status line updating in place while it runs and adds
     a per-function table to the summary."""
     report = DemoReport(sandboxes, duration)
-    slots = [[sb] for sb in await asyncio.gather(*(Sandbox.create(DEMO_GUEST) for _ in range(sandboxes)))]
+    created = await asyncio.gather(*(Sandbox.create(DEMO_GUEST) for _ in range(sandboxes)))
     display: asyncio.Task[None] | None = None
     try:
         deadline = time.monotonic() + duration
@@ -154,15 +154,15 @@ async def run_demo(
         if progress and out is not None:
             display = asyncio.create_task(_show_progress(report, out, started))
         await asyncio.gather(
-            *(_worker(slot, random.Random(seed * 1000 + i), deadline, report) for i, slot in enumerate(slots))
+            *(_worker(sb, random.Random(seed * 1000 + i), deadline, report) for i, sb in enumerate(created))
         )
         report.duration = time.monotonic() - started
     finally:
         if display is not None:
             display.cancel()
             await asyncio.gather(display, return_exceptions=True)
-        for slot in slots:
-            await slot[0].aclose()
+        for sb in created:
+            await sb.aclose()
     if out is not None:
         print(report.render(per_function=progress), file=out)
     return report
