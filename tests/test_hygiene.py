@@ -17,6 +17,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from procinfo import vcpu_threads
 
 import aionub
 from hostile import hostile_guest
@@ -32,17 +33,6 @@ def guest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # ---- what a process holds ---------------------------------------------------------
-
-
-def vcpu_threads() -> int:
-    count = 0
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/comm") as f:
-                count += f.read().strip() == "aionub-vcpu"
-        except FileNotFoundError:
-            pass
-    return count
 
 
 def threads() -> int:

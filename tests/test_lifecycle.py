@@ -9,22 +9,11 @@ import random
 
 import anyio
 import pytest
+from procinfo import vcpu_threads
 
 import aionub
 
 pytestmark = pytest.mark.anyio
-
-
-def count_threads() -> int:
-    """vCPU threads of this process (the C core names them)."""
-    count = 0
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/comm") as f:
-                count += f.read().strip() == "aionub-vcpu"
-        except FileNotFoundError:
-            pass  # the thread exited meanwhile
-    return count
 
 
 def open_fds() -> set[str]:
@@ -112,10 +101,10 @@ async def test_no_thread_or_fd_left_after_close() -> None:
     async with aionub.Sandbox.create(aionub.DEMO_GUEST) as sb:
         await sb.call("noop")
     gc.collect()
-    threads, fds = count_threads(), open_fds()
+    threads, fds = vcpu_threads(), open_fds()
     for _ in range(20):
         sandboxes = [await aionub.Sandbox.create(aionub.DEMO_GUEST) for _ in range(5)]
-        assert count_threads() == threads + 5
+        assert vcpu_threads() == threads + 5
         for sb in sandboxes:
             assert await sb.call("fib", 10) == 55
         with pytest.raises(aionub.CallTimeout):
@@ -123,7 +112,7 @@ async def test_no_thread_or_fd_left_after_close() -> None:
         for sb in sandboxes:
             await sb.aclose()
     gc.collect()
-    assert count_threads() == threads
+    assert vcpu_threads() == threads
     assert open_fds() == fds
 
 
@@ -131,12 +120,12 @@ async def test_failed_creation_leaves_nothing() -> None:
     async with aionub.Sandbox.create(aionub.DEMO_GUEST):
         pass
     gc.collect()
-    threads, fds = count_threads(), open_fds()
+    threads, fds = vcpu_threads(), open_fds()
     for _ in range(10):
         with pytest.raises(aionub.InvalidGuest):
             await aionub.Sandbox.create(b"\x7fELF")
     gc.collect()
-    assert count_threads() == threads
+    assert vcpu_threads() == threads
     assert open_fds() == fds
 
 

@@ -3,27 +3,15 @@ growth, timeouts and closing."""
 
 from __future__ import annotations
 
-import os
-
 import anyio
 import pytest
+from procinfo import vcpu_threads
 
 import aionub
 
 pytestmark = pytest.mark.anyio
 
 SMALL = {"memory_size": 4 * 1024 * 1024}
-
-
-def vcpu_threads() -> int:
-    count = 0
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/comm") as f:
-                count += f.read().strip() == "aionub-vcpu"
-        except FileNotFoundError:
-            pass
-    return count
 
 
 async def test_state_from_one_user_is_never_visible_to_the_next() -> None:
