@@ -52,6 +52,8 @@ int memory_layout(const struct ab_config *cfg, const struct ab_image *img,
 /* Write everything the guest needs before its first entry into `mem`. */
 void memory_build(uint8_t *mem, const struct ab_layout *lay,
                   const struct ab_image *img, const uint8_t *elf);
+struct ab_sandbox;
+void memory_unmap(struct ab_sandbox *sb); /* guest memory; idempotent */
 
 /* ---- interrupt.c: the interrupt handle -------------------------------------
  * state bits, as in the seed: CANCEL (bit 0), RUNNING (bit 1),
@@ -104,6 +106,7 @@ extern struct ab_counters ab_process_counters;
 #define AB_CMD_STOP 4u   /* internal: leave the thread               */
 #define AB_CMD_SNAPSHOT 5u
 #define AB_CMD_RESTORE 6u
+#define AB_CMD_TEARDOWN 7u
 
 struct ab_sandbox {
     struct ab_config config;

@@ -18,11 +18,17 @@
 
 struct ab_counters ab_process_counters;
 
+void memory_unmap(struct ab_sandbox *sb)
+{
+    if (sb->mem)
+        munmap(sb->mem, sb->layout.memory_size);
+    sb->mem = NULL;
+}
+
 static void free_sandbox(struct ab_sandbox *sb)
 {
     vm_destroy(sb);
-    if (sb->mem)
-        munmap(sb->mem, sb->layout.memory_size);
+    memory_unmap(sb);
     if (sb->ih)
         ab_interrupt_release(sb->ih);
     snapshot_free_tracking(sb);
@@ -218,6 +224,13 @@ int ab_sandbox_submit_restore(ab_sandbox *sb, const ab_snapshot *snap,
     sb->input_used = input_used;
     sb->output_used = output_used;
     return submit(sb, AB_CMD_RESTORE, notify_fd);
+}
+
+int ab_sandbox_submit_teardown(ab_sandbox *sb, int notify_fd)
+{
+    if (!sb->started)
+        return -ENOTCONN;
+    return submit(sb, AB_CMD_TEARDOWN, notify_fd);
 }
 
 int ab_sandbox_ack(ab_sandbox *sb, int notify_fd)

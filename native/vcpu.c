@@ -278,6 +278,16 @@ void *vcpu_thread_main(void *arg)
         uint32_t cmd = wait_command(sb);
         if (cmd == AB_CMD_STOP)
             break;
+        if (cmd == AB_CMD_TEARDOWN) {
+            /* After set_dropped no kick touches kvm_run or this thread. */
+            interrupt_set_dropped(sb->ih);
+            vm_destroy(sb);
+            memory_unmap(sb);
+            memset(&sb->event, 0, sizeof sb->event);
+            sb->event.kind = AB_EV_TORN_DOWN;
+            publish(sb);
+            break; /* ab_sandbox_destroy() joins us and frees the rest */
+        }
         if (cmd == AB_CMD_CREATE) {
             int rc = vm_create(sb, sb->event.message, sizeof sb->event.message);
             if (rc) {

@@ -25,6 +25,7 @@ EV_VM_ERROR = lib.AB_EV_VM_ERROR
 EV_CREATE_FAILED = lib.AB_EV_CREATE_FAILED
 EV_SNAPSHOT = lib.AB_EV_SNAPSHOT
 EV_RESTORED = lib.AB_EV_RESTORED
+EV_TORN_DOWN = lib.AB_EV_TORN_DOWN
 CMD_CALL = lib.AB_CMD_CALL
 CMD_RESUME = lib.AB_CMD_RESUME
 EXIT_SHUTDOWN = lib.AB_EXIT_SHUTDOWN
@@ -123,13 +124,21 @@ class NativeSandbox:
         if self.event.error:
             raise _command_error(self.event, "restore")
 
-    def destroy(self) -> None:
-        """Stop the vCPU thread and free everything. Idempotent."""
+    def detach(self) -> Any:
+        """Drop every view of guest memory and hand back the pointer, whose
+        release (``ffi.release``) stops the vCPU thread and frees everything;
+        None if already detached."""
         ptr = self.ptr
         if ptr is None:
-            return
+            return None
         for view in (self.input, self.output):
             view.release()
         self.ptr = self.event = self.memory = None
-        self.input = self.output = None  # type: ignore[assignment]  # never used after destroy()
-        ffi.release(ptr)  # runs ab_sandbox_destroy now
+        self.input = self.output = None  # type: ignore[assignment]  # never used after detach()
+        return ptr
+
+    def destroy(self) -> None:
+        """Stop the vCPU thread and free everything now. Idempotent."""
+        ptr = self.detach()
+        if ptr is not None:
+            ffi.release(ptr)  # runs ab_sandbox_destroy

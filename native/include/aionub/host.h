@@ -102,8 +102,18 @@ int ab_elf_validate(const struct ab_config *config, const uint8_t *elf,
                     size_t elf_len, char *errbuf, size_t errlen);
 
 /* Stop the vCPU (killing a running call), join its thread, free everything.
- * Blocks until the vCPU thread has exited. */
+ * Blocks until the vCPU thread has exited; after ab_sandbox_submit_teardown's
+ * event that is immediate. */
 void ab_sandbox_destroy(ab_sandbox *sb);
+
+/* Have the vCPU thread itself tear the VM down (close the vCPU and VM,
+ * unmap kvm_run and guest memory: about half a millisecond here), report
+ * AB_EV_TORN_DOWN on notify_fd and exit, so an event loop can close a
+ * sandbox without blocking. Python must drop its views of guest memory
+ * first. ab_sandbox_destroy() then only joins and frees. -EBUSY if a
+ * command is in flight. */
+#define AB_EV_TORN_DOWN 12
+int ab_sandbox_submit_teardown(ab_sandbox *sb, int notify_fd);
 
 uint8_t *ab_sandbox_memory(ab_sandbox *sb);
 void ab_sandbox_layout(ab_sandbox *sb, struct ab_layout *out);
