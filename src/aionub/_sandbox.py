@@ -709,12 +709,12 @@ class Sandbox:
         immediate. Falls back to a blocking release if that cannot start."""
         native = self._native
         if native is not None:
-            binding = self._bind()
+            current = self._bind()
             self._native = None
             ptr = native.detach()  # no view of guest memory may outlive it
             try:
-                binding.submit_with(lib.ab_sandbox_submit_teardown)
-                await binding.wait()
+                current.submit_with(lib.ab_sandbox_submit_teardown)
+                await current.wait()
             except OSError:
                 pass  # could not start (a command in flight): the release below does it all
             _native.ffi.release(ptr)
