@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 __all__ = [
+    "one_cpu",
     "HERE",
     "BUILD_DIR",
     "BENCH_EXTRA_HINT",
@@ -277,6 +278,15 @@ def place_threads(vcpu_tid: int, placement: str) -> None:
         raise RuntimeError("placement 'split' needs two CPUs")
     os.sched_setaffinity(0, {cpus[0]})
     os.sched_setaffinity(vcpu_tid, {cpus[0] if placement == "same" else cpus[1]})
+
+
+@contextlib.contextmanager
+def one_cpu() -> Iterator[None]:
+    """Pin this thread (and so every thread or child process it starts) to one
+    CPU, restoring the previous affinity on exit."""
+    with restored_affinity():
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+        yield
 
 
 @contextlib.contextmanager

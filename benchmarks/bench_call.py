@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import sys
 import time
@@ -52,6 +51,7 @@ from _common import (  # noqa: E402
     fmt_us,
     loops_available,
     median,
+    one_cpu,
     open_rawkvm,
     percentile,
     place_threads,
@@ -126,17 +126,6 @@ def wasmtime_noop(wasmtime, calls: int) -> float:
         noop(store)
         samples.append((clock() - t0) / 1000)
     return percentile(samples, 0.5)
-
-
-@contextlib.contextmanager
-def one_cpu():
-    """Pin this thread, and so every thread it creates, to one CPU."""
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(before)})
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, before)
 
 
 def main() -> int:

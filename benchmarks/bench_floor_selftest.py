@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import one_cpu  # noqa: E402
 from _floor import build_floor, run_floor  # noqa: E402
 
 # (label, subcommand, args at scale 1.0 (the last one is the count N), pinned)
@@ -46,17 +47,6 @@ LATENCY_FIELDS = ("p50_us", "p90_us", "p99_us", "mean_us")
 def scaled(args: tuple[int, ...], scale: float) -> tuple[int, ...]:
     *fixed, count = args
     return (*fixed, max(1, round(count * scale)))
-
-
-@contextlib.contextmanager
-def one_cpu():
-    """Restrict this process (and so the children it starts) to one CPU."""
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(before)})
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, before)
 
 
 def median_of(results: list[dict]) -> dict:
