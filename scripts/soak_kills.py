@@ -21,7 +21,6 @@ import threading
 import time
 
 import aionub
-from aionub import _native
 
 FIB = [0, 1]
 for _ in range(40):

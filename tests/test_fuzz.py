@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -24,8 +21,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import aionub
 from aionub import _abi, _native
 from aionub._errors import event_error
-from aionub._exceptions import GuestFunctionNotFound, GuestProtocolError
-from aionub._sandbox import Sandbox
+from aionub._exceptions import GuestProtocolError
+from aionub._hostcalls import GuestServices
+from aionub._results import decode_result
 from aionub._wire import GuestFunction, Reader, decode_args, decode_function_table, encode_string, encode_value
 
 pytestmark = pytest.mark.no_kvm
@@ -176,64 +174,45 @@ def test_valid_function_tables_round_trip(functions: list[tuple[str, int, list[i
     assert decoded == {n: GuestFunction(n, tuple(p), r) for n, r, p in functions}
 
 
-# ---- the Sandbox's result, log and host-call decoders (without a VM) -----------------------
-
+# ---- the result, log and host-call decoders (without a VM) -----------------------------------
 
 OUTPUT_SIZE = 4096
 
 
-class FakeNative:
-    """Just enough of NativeSandbox for the decoding methods: the output
-    buffer and the event's length."""
-
-    def __init__(self, record: bytes, length: int) -> None:
-        self.output = memoryview(bytearray(OUTPUT_SIZE))
-        self.output[: len(record)] = record
-        self.event = SimpleNamespace(length=length)
-
-    def interrupt(self) -> None:
-        return None
+def output_with(record: bytes) -> memoryview:
+    output = memoryview(bytearray(OUTPUT_SIZE))
+    output[: len(record)] = record
+    return output
 
 
-@contextmanager
-def fake_sandbox(record: bytes, length: int, hosts: dict[str, Any] | None = None) -> Iterator[Sandbox]:
-    config = aionub.SandboxConfig(output_size=OUTPUT_SIZE, max_log_bytes=1000)
-    sb = Sandbox(FakeNative(record, length), config, hosts or {}, "<fuzz>")  # type: ignore[arg-type]
-    sb._log_budget = config.max_log_bytes
-    try:
-        yield sb
-    finally:
-        sb._closed = True  # nothing to release
+def services(hosts: dict[str, Any] | None = None) -> GuestServices:
+    return GuestServices(hosts or {}, 0, OUTPUT_SIZE, 1000)
 
 
 @FUZZ
 @given(records(), st.integers(0, 400), st.integers(0, _abi.TAG_LAST), st.binary(max_size=4))
 def test_call_result_decoder(data: bytes, cut: int, returns: int, tail: bytes) -> None:
+    """A result record decodes to a value of the declared type, or raises
+    GuestProtocolError (which poisons) or TypeError (the guest rejected the
+    arguments: it does not); nothing else."""
     fn = GuestFunction("f", (), returns)
     length = min(cut, len(data))
-    with fake_sandbox(data[:length] + tail, length) as sb:
-        try:
-            value = sb._result(fn)
-        except GuestProtocolError:
-            assert sb.poisoned  # a broken record poisons
-            return
-        except (GuestFunctionNotFound, TypeError):
-            assert not sb.poisoned  # clean errors reported by the guest do not
-            return
-        expected_type = {0: type(None), 1: bool, 2: int, 3: float, 4: str, 5: bytes}[returns]
-        assert type(value) is expected_type
-        assert not sb.poisoned
+    try:
+        value = decode_result(fn, output_with(data[:length] + tail), length, "<fuzz>")
+    except (GuestProtocolError, TypeError):
+        return
+    expected_type = {0: type(None), 1: bool, 2: int, 3: float, 4: str, 5: bytes}[returns]
+    assert type(value) is expected_type
 
 
 @FUZZ
 @given(records(), st.integers(0, 400))
 def test_log_record_decoder(data: bytes, cut: int) -> None:
     length = min(cut, len(data))
-    with fake_sandbox(data[:length], length) as sb:
-        try:
-            sb._emit_log()
-        except GuestProtocolError:
-            pass
+    try:
+        services().emit_log(output_with(data[:length]), length)
+    except GuestProtocolError:
+        pass
 
 
 @FUZZ
@@ -241,24 +220,24 @@ def test_log_record_decoder(data: bytes, cut: int) -> None:
 def test_host_call_server(data: bytes, cut: int) -> None:
     length = min(cut, len(data))
     hosts = {"": lambda *a: None, "f": lambda *a: a[0] if a else None}
-    with fake_sandbox(data[:length], length, hosts) as sb:
-        coro = sb._serve_host_call()
-        try:
-            coro.send(None)  # sync host functions: it never suspends
-        except StopIteration:
-            pass
-        except GuestProtocolError:
-            return
-        # Served: the reply in the buffer is well formed, OK or ERROR.
-        assert sb._native is not None
-        r = Reader(sb._native.output, OUTPUT_SIZE, "reply")
-        status = r.u8()
-        assert status in (_abi.REPLY_OK, _abi.REPLY_ERROR)
-        if status == _abi.REPLY_OK:
-            r.value()
-        else:
-            r.text()
-            assert sb._host_error is not None
+    output = output_with(data[:length])
+    server = services(hosts)
+    coro = server.serve_host_call(output, length)
+    try:
+        coro.send(None)  # sync host functions: it never suspends
+    except StopIteration:
+        pass
+    except GuestProtocolError:
+        return
+    # Served: the reply in the buffer is well formed, OK or ERROR.
+    r = Reader(output, OUTPUT_SIZE, "reply")
+    status = r.u8()
+    assert status in (_abi.REPLY_OK, _abi.REPLY_ERROR)
+    if status == _abi.REPLY_OK:
+        r.value()
+    else:
+        r.text()
+        assert server.host_error is not None
 
 
 # ---- events -> exceptions --------------------------------------------------------------------------

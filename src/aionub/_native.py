@@ -124,6 +124,14 @@ class NativeSandbox:
         if self.event.error:
             raise _command_error(self.event, "restore")
 
+    def drop_views(self) -> None:
+        """Drop every view of guest memory (before the VM is torn down)."""
+        if self.input is not None:
+            for view in (self.input, self.output):
+                view.release()
+        self.event = self.memory = None
+        self.input = self.output = None  # type: ignore[assignment]  # never used after this
+
     def detach(self) -> Any:
         """Drop every view of guest memory and hand back the pointer, whose
         release (``ffi.release``) stops the vCPU thread and frees everything;
@@ -131,10 +139,8 @@ class NativeSandbox:
         ptr = self.ptr
         if ptr is None:
             return None
-        for view in (self.input, self.output):
-            view.release()
-        self.ptr = self.event = self.memory = None
-        self.input = self.output = None  # type: ignore[assignment]  # never used after detach()
+        self.drop_views()
+        self.ptr = None
         return ptr
 
     def destroy(self) -> None:

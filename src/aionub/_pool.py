@@ -15,7 +15,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ._config import SandboxConfig
 from ._exceptions import SandboxClosed, SandboxError
-from ._sandbox import HostFunction, Sandbox, _check_host_functions, _read_guest
+from ._hostcalls import HostFunction, check_host_functions
+from ._sandbox import Sandbox, _read_guest
 from ._snapshot import Snapshot
 
 __all__ = ("SandboxPool", "PoolTimeout")
@@ -68,7 +69,7 @@ class SandboxPool:
             raise ValueError(f"acquire_timeout must be None or a non-negative number, got {acquire_timeout!r}")
         SandboxConfig.from_kwargs(config)  # fail early on bad options
         self._image, self._label = _read_guest(guest)
-        self._host_functions = _check_host_functions(host_functions)
+        self._host_functions = check_host_functions(host_functions)
         self._config = config
         self._size = size
         self._max_size = max_size
@@ -97,15 +98,22 @@ class SandboxPool:
             raise
 
     async def aclose(self) -> None:
-        """Close every sandbox (calls in flight raise SandboxClosed) and wake
-        waiters with SandboxClosed. Idempotent."""
+        """Close every sandbox (calls in flight raise SandboxClosed; a
+        check-in in progress finishes first) and wake waiters with
+        SandboxClosed. Idempotent. Runs to the end even if the calling task
+        is cancelled meanwhile; the cancellation is raised afterwards."""
         self._closed = True
         if self._send is not None:
             self._send.close()
         entries, self._entries = self._entries, set()
-        with anyio.CancelScope(shield=True):
-            for entry in entries:
-                await entry.sandbox.aclose()
+        cancelled: BaseException | None = None
+        for entry in entries:
+            try:
+                await entry.sandbox.aclose()  # runs to the end, then raises a cancellation
+            except anyio.get_cancelled_exc_class() as exc:
+                cancelled = exc  # the other sandboxes still get closed
+        if cancelled is not None:
+            raise cancelled
 
     async def __aenter__(self) -> SandboxPool:
         await self.start()
@@ -144,13 +152,11 @@ class SandboxPool:
         try:
             snapshot = await sandbox.snapshot()
         except BaseException:
-            with anyio.CancelScope(shield=True):
-                await sandbox.aclose()
+            await sandbox.aclose()  # runs to the end, even when we are cancelled
             raise
         entry = _Entry(sandbox, snapshot)
         if self._closed:
-            with anyio.CancelScope(shield=True):
-                await sandbox.aclose()
+            await sandbox.aclose()
             raise SandboxClosed("the pool was closed")
         self._entries.add(entry)
         return entry
@@ -192,19 +198,23 @@ class SandboxPool:
 
     async def _checkin(self, entry: _Entry) -> None:
         """Reset the sandbox to the snapshot and make it available again; a
-        sandbox that cannot be reset (closed by the user, say) is dropped."""
-        with anyio.CancelScope(shield=True):
-            if not self._closed and entry in self._entries:
-                try:
-                    await entry.sandbox.restore(entry.snapshot)
-                except SandboxError:
-                    pass
-                else:
-                    assert self._send is not None
-                    self._send.send_nowait(entry)
-                    return
-            self._entries.discard(entry)
-            await entry.sandbox.aclose()
+        sandbox that was not reset (closed by the user, a failed restore, a
+        cancellation before the restore began) is closed and dropped. Either
+        way the entry is accounted for, also when the checking-in task is
+        cancelled: a restore that began runs to the end."""
+        sandbox = entry.sandbox
+        try:
+            if not self._closed and entry in self._entries and not sandbox.closed:
+                await sandbox.restore(entry.snapshot)
+        except SandboxError:
+            pass  # dropped below
+        finally:
+            if not self._closed and entry in self._entries and sandbox._is_at(entry.snapshot):
+                assert self._send is not None
+                self._send.send_nowait(entry)
+            else:
+                self._entries.discard(entry)
+                await sandbox.aclose()
 
 
 class _Checkout:

@@ -1,0 +1,403 @@
+"""The engine behind a Sandbox: the one owner of its native object, its
+event-loop bindings and its lifecycle (``_lifecycle.py``). It runs the
+commands — creation, calls, snapshots, restores — on the vCPU thread and
+tears everything down.
+
+Ownership: only the engine holds the ``NativeSandbox``; bindings borrow it
+and are closed before it is released, and it is released only when no
+command is in flight, so nothing ever touches a freed native object.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import anyio
+
+from . import _native
+from ._binding import Binding, Deferred, deliver, new_binding, running_loop, sleep_through
+from ._config import SandboxConfig
+from ._errors import event_error
+from ._exceptions import (
+    CallTimeout,
+    GuestProtocolError,
+    InvalidGuest,
+    SandboxClosed,
+    SandboxError,
+)
+from ._hostcalls import GuestServices, HostFunction
+from ._lifecycle import Lifecycle, State
+from ._native import (
+    CMD_CALL,
+    CMD_RESUME,
+    EV_HOSTCALL,
+    EV_LOG,
+    EV_READY,
+    EV_RESULT,
+    NativeSandbox,
+    lib,
+)
+from ._results import decode_result
+from ._wire import GuestFunction, decode_function_table
+
+__all__ = ("Engine", "fork_generation", "now")
+
+log = logging.getLogger("aionub")
+
+# Sandboxes belong to the process that created them: a forked child has the
+# memory but not the vCPU threads. Bumped in the child after every fork.
+_fork_generation = 0
+
+
+def _after_fork_in_child() -> None:
+    global _fork_generation
+    _fork_generation += 1
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def fork_generation() -> int:
+    return _fork_generation
+
+
+class Engine:
+    __slots__ = (
+        "native", "ih", "config", "lifecycle", "binding", "services", "functions",
+        "input_used", "deadline", "label", "generation", "at_snapshot",
+    )
+
+    def __init__(
+        self,
+        native: NativeSandbox,
+        config: SandboxConfig,
+        host_functions: dict[str, HostFunction],
+        label: str,
+        sandbox_id: int,
+    ) -> None:
+        self.native: NativeSandbox | None = native
+        self.ih = native.interrupt()
+        self.config = config
+        self.label = label
+        self.lifecycle = Lifecycle(f"sandbox {sandbox_id}")
+        self.binding: Binding | None = None
+        self.services = GuestServices(host_functions, sandbox_id, config.output_size, config.max_log_bytes)
+        self.functions: dict[str, GuestFunction] = {}
+        # High-water mark of the host's writes into the input buffer since
+        # the last snapshot/restore (KVM's dirty log does not see them).
+        self.input_used = 0
+        self.deadline: float | None = None  # loop time at which the call times out
+        self.generation = _fork_generation
+        # The native snapshot that guest state equals, if no call has run
+        # since it was taken or restored (the pool re-issues a sandbox only
+        # then).
+        self.at_snapshot: Any = None
+
+    # ---- checks -------------------------------------------------------------------------
+
+    def check_open(self) -> None:
+        self.lifecycle.check_open()
+        if self.generation != _fork_generation:
+            raise SandboxError(
+                f"{self.lifecycle.label} belongs to the parent process; a forked child must create its own"
+            )
+
+    def check_usable(self) -> None:
+        self.check_open()
+        self.lifecycle.check_usable()
+
+    # ---- bindings ----------------------------------------------------------------------
+
+    def bind(self) -> Binding:
+        """The binding for the running event loop (made on first use). A
+        sandbox may move between loops, but not while a command is in
+        flight on another one: that command's owner still waits on it."""
+        loop = running_loop()
+        binding = self.binding
+        if binding is not None and binding.loop is loop:
+            return binding
+        native = self.native
+        if native is None:
+            raise SandboxClosed(f"{self.lifecycle.label} is closed")
+        if binding is not None and self.lifecycle.command is not None:
+            raise SandboxError(
+                f"{self.lifecycle.label} is running {self.lifecycle.command} on another event loop"
+            )
+        new = new_binding(native)
+        if binding is not None:
+            binding.close()
+        self.binding = new
+        return new
+
+    # ---- creation ----------------------------------------------------------------------
+
+    async def boot(self) -> None:
+        """The creation command: run the guest until it is ready."""
+        native = self.native
+        assert native is not None
+        binding = self.bind()
+        binding.submit(lib.ab_sandbox_start)
+        try:
+            kind, timed_out = await binding.with_timeout(
+                lambda: self.drive(binding, "initialisation"), self.config.init_timeout
+            )
+        except InvalidGuest:
+            raise
+        except SandboxError as exc:
+            raise InvalidGuest(f"guest {self.label} failed during initialisation: {exc}") from exc
+        if timed_out:
+            raise InvalidGuest(f"guest {self.label} did not become ready within {self.config.init_timeout} s")
+        if kind != EV_READY:
+            raise InvalidGuest(f"guest {self.label} returned a result before it was ready")
+        try:
+            self.functions = decode_function_table(native.output, native.event.length)
+        except GuestProtocolError as exc:
+            raise InvalidGuest(f"guest {self.label}: {exc}") from None
+        self.lifecycle.end()
+
+    # ---- calls --------------------------------------------------------------------------
+
+    async def call(self, binding: Binding, fn: GuestFunction, request: bytes, deadline: float | None) -> Any:
+        """One call; the caller holds ``binding.lock``."""
+        self.lifecycle.begin(f"{fn.name}()")
+        self.at_snapshot = None
+        try:
+            native = self.native
+            assert native is not None
+            native.input[: len(request)] = request
+            if len(request) > self.input_used:
+                self.input_used = len(request)
+            self.deadline = deadline
+            self.services.begin_call()
+            binding.submit(lib.ab_sandbox_submit, CMD_CALL)
+            kind = await self.drive(binding, f"{fn.name}()")
+            if kind != EV_RESULT:
+                # drive() also returns on READY, which only creation expects:
+                # a guest that signals READY again mid-call broke the
+                # protocol (its output buffer is not this call's result).
+                self.poison(f"{fn.name}() signalled READY instead of returning a result")
+                raise GuestProtocolError(f"the guest signalled READY during a call to {fn.name}()")
+            try:
+                value = decode_result(fn, native.output, native.event.length, self.label)
+            except GuestProtocolError as exc:
+                self.poison(str(exc))
+                raise
+            self.services.end_call()
+            return value
+        finally:
+            self.lifecycle.end()
+
+    async def drive(self, binding: Binding, what: str) -> int:
+        """Run the guest until it returns (RESULT or READY), serving log
+        records and host calls on the way. Anything else, and any exception
+        or cancellation while the guest is mid-call, poisons the sandbox;
+        the vCPU is stopped before the exception propagates."""
+        native = self.native
+        assert native is not None
+        services = self.services
+        in_flight = True
+        try:
+            while True:
+                kind = await binding.wait()
+                in_flight = False
+                if kind == EV_RESULT or kind == EV_READY:
+                    return kind
+                if kind == EV_LOG:
+                    services.emit_log(native.output, native.event.length)
+                elif kind == EV_HOSTCALL:
+                    if self.lifecycle.command == "initialisation":
+                        # Host functions serve calls (docs/abi.md); a guest
+                        # asking for one while it starts up is not in one.
+                        raise GuestProtocolError(f"the guest called a host function during {what}")
+                    await services.serve_host_call(native.output, native.event.length)
+                    # [H1] A deadline that passed, or a cancellation that
+                    # arrived, while a sync host function blocked the loop
+                    # takes effect here: the guest is never resumed after it.
+                    if self.deadline is not None and now() >= self.deadline:
+                        raise CallTimeout(f"{what} did not finish within its timeout; the guest was stopped")
+                    await binding.checkpoint_if_cancelled()
+                else:
+                    raise self._event_error(kind)
+                if self.lifecycle.is_closed:
+                    raise SandboxClosed(f"{self.lifecycle.label} was closed during {what}")
+                binding.submit(lib.ab_sandbox_submit, CMD_RESUME)
+                in_flight = True
+        except BaseException as exc:
+            if in_flight:
+                kind, _ = await binding.stop(self.ih, self.config.interrupt_retry_delay)
+                # A cancellation deferred by stop() is subsumed by the one
+                # being raised (exc arrived while the guest ran: a
+                # cancellation, a timeout or an interrupt).
+                if kind == EV_RESULT:
+                    raise  # the guest finished before the kill landed: its state is intact
+            self.poison(f"{what} did not run to completion ({type(exc).__name__}: {exc})")
+            raise
+
+    def _event_error(self, kind: int) -> SandboxError:
+        native = self.native
+        assert native is not None
+        if self.lifecycle.is_closed and kind == _native.EV_CANCELLED:
+            return SandboxClosed(f"{self.lifecycle.label} was closed while a call was running")
+        return event_error(kind, native.event, native.output, native.layout)
+
+    def poison(self, reason: str) -> None:
+        if self.lifecycle.poison is None:
+            self.lifecycle.set_poison(reason)
+            log.debug("sandbox %s poisoned: %s", self.lifecycle.label, reason)
+
+    # ---- snapshots ----------------------------------------------------------------------
+
+    async def snapshot(self) -> Any:
+        """Take a snapshot: the native result, freed by the GC."""
+        self.check_usable()
+        binding = self.bind()
+        async with binding.lock:
+            self.lifecycle.begin("snapshot()")
+            deferred: Deferred = None
+            try:
+                native = self.native
+                assert native is not None
+                binding.submit(lib.ab_sandbox_submit_snapshot, self.input_used, self.services.output_used)
+                _, deferred = await binding.finish()
+                ptr = native.take_snapshot_result()
+                self.input_used = self.services.output_used = 0
+                self.at_snapshot = ptr
+            finally:
+                self.lifecycle.end()
+            await deliver(deferred)
+            return ptr
+
+    async def restore(self, snapshot_ptr: Any) -> None:
+        """Restore a snapshot; clears poisoning when it succeeds. Runs to
+        the end even if the caller is cancelled meanwhile (then the
+        cancellation is raised afterwards, with the sandbox restored)."""
+        self.check_open()
+        binding = self.bind()
+        async with binding.lock:
+            self.lifecycle.begin("restore()", restoring=True)
+            deferred: Deferred = None
+            restored = False
+            self.at_snapshot = None
+            try:
+                native = self.native
+                assert native is not None
+                binding.submit(
+                    lib.ab_sandbox_submit_restore, snapshot_ptr, self.input_used, self.services.output_used
+                )
+                _, deferred = await binding.finish()
+                try:
+                    native.check_restored()
+                except ValueError:
+                    raise  # refused before anything changed: the state is as it was
+                except SandboxError as exc:
+                    self.poison(f"restore() failed: {exc}")
+                    raise
+                self.input_used = self.services.output_used = 0
+                self.at_snapshot = snapshot_ptr
+                restored = True
+            finally:
+                self.lifecycle.end(restored=restored)
+            await deliver(deferred)
+
+    # ---- closing -------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Close: stop the command in flight, wait until its owner is done
+        with it, have the vCPU thread tear the VM down, release everything.
+        Runs to the end whatever happens to the calling task; a cancellation
+        that arrived meanwhile is raised afterwards."""
+        if self.generation != _fork_generation:
+            self.release_fork_copy()
+            return
+        lifecycle = self.lifecycle
+        delay = self.config.interrupt_retry_delay
+        if not lifecycle.start_closing():
+            # Another aclose() owns the teardown: wait for it to finish.
+            while lifecycle.state is not State.CLOSED:
+                await _sleep(delay)
+            return
+        deferred: Deferred = None
+        # Stop the command in flight: kill the guest (the call then raises
+        # SandboxClosed), stop an async host function it waits for, and
+        # re-kick until its owner has ended the command. Snapshots and
+        # restores end by themselves. The owner's waits defer cancellation,
+        # so it always gets there.
+        while lifecycle.command is not None:
+            lib.ab_interrupt_cancel(self.ih)
+            self.services.cancel_host_call()
+            deferred = await sleep_through(delay) or deferred
+        deferred = await self._teardown() or deferred
+        log.debug("closed sandbox %s", lifecycle.label)
+        await deliver(deferred)
+
+    async def _teardown(self) -> Deferred:
+        """Release everything without blocking the event loop: the vCPU
+        thread tears its VM down (about half a millisecond here) while the
+        loop waits for its event; joining the exited thread is then
+        immediate. Falls back to a blocking release if that cannot start."""
+        deferred: Deferred = None
+        native = self.native
+        if native is not None:
+            binding = self.bind()
+            native.drop_views()  # no view of guest memory may outlive the VM
+            try:
+                binding.submit(lib.ab_sandbox_submit_teardown)
+            except OSError:
+                pass  # never started: the release below does it all
+            else:
+                _, deferred = await binding.finish()
+            self.native = None
+            ptr = native.detach()
+            self._close_binding()  # before the release: bindings borrow the native sandbox
+            _native.ffi.release(ptr)  # joins the vCPU thread and frees the rest
+        self._close_binding()
+        self.lifecycle.closed()
+        return deferred
+
+    def _close_binding(self) -> None:
+        binding, self.binding = self.binding, None
+        if binding is not None:
+            binding.close()
+
+    def release_now(self) -> None:
+        """Release everything now, blocking until the vCPU thread has
+        exited: for a failed creation and for the garbage collector."""
+        native, self.native = self.native, None
+        self._close_binding()
+        if native is not None:
+            native.destroy()
+        if self.lifecycle.state is not State.CLOSED:
+            if self.lifecycle.state is not State.CLOSING:
+                self.lifecycle.start_closing()
+            self.lifecycle.closed()
+
+    def release_fork_copy(self) -> None:
+        """Close a forked child's copy of a parent's sandbox. The vCPU
+        thread, any call it is running and the event loop's registration of
+        the eventfd all belong to the parent: waiting for that call would
+        never end, and unregistering the eventfd from the epoll instance
+        (which parent and child share) would leave the parent's sandbox
+        waiting forever. So only this process's mappings and descriptors
+        are dropped."""
+        native, self.native = self.native, None
+        if native is not None:
+            native.destroy()  # ab_sandbox_destroy() unmaps only, in a child
+        binding, self.binding = self.binding, None
+        if binding is not None:
+            os.close(binding.fd)
+        if self.lifecycle.state is not State.CLOSED:
+            if self.lifecycle.state is not State.CLOSING:
+                self.lifecycle.start_closing()
+            self.lifecycle.closed()
+
+
+def now() -> float:
+    """The running loop's clock (deadlines are measured on it)."""
+    loop = running_loop()
+    return loop.time() if loop is not None else anyio.current_time()
+
+
+async def _sleep(delay: float) -> None:
+    await anyio.sleep(delay)
