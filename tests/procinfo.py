@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 
 def vcpu_threads() -> int:
@@ -14,4 +15,14 @@ def vcpu_threads() -> int:
                 count += f.read().strip() == "aionub-vcpu"
         except FileNotFoundError:
             pass  # the thread exited meanwhile
+    return count
+
+
+def settled_vcpu_threads(expected: int, timeout: float = 2.0) -> int:
+    """vCPU threads once the count reaches ``expected`` (or ``timeout``
+    passes). A joined thread can outlive its join in /proc by a moment:
+    the kernel wakes the joiner before it removes the thread's entry."""
+    deadline = time.monotonic() + timeout
+    while (count := vcpu_threads()) != expected and time.monotonic() < deadline:
+        time.sleep(0.001)
     return count

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from procinfo import vcpu_threads
+from procinfo import settled_vcpu_threads, vcpu_threads
 
 import aionub
 from hostile import hostile_guest
@@ -188,7 +188,7 @@ async def test_close_kills_the_call_in_flight(guest: Path, fn: str) -> None:
         with anyio.fail_after(10):
             await sb.aclose()
     assert len(outcome) == 1 and isinstance(outcome[0], aionub.SandboxClosed), outcome
-    assert sb.closed and vcpu_threads() == 0
+    assert sb.closed and settled_vcpu_threads(0) == 0
 
 
 # ---- interpreter exit -------------------------------------------------------------------------
