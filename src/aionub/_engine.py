@@ -313,12 +313,14 @@ class Engine:
             return
         lifecycle = self.lifecycle
         delay = self.config.interrupt_retry_delay
-        if not lifecycle.start_closing():
-            # Another aclose() owns the teardown: wait for it to finish.
-            while lifecycle.state is not State.CLOSED:
-                await _sleep(delay)
-            return
         deferred: Deferred = None
+        if not lifecycle.start_closing():
+            # Another aclose() owns the teardown: wait for it to finish (also
+            # when cancelled: once any aclose() returns, the sandbox is closed).
+            while lifecycle.state is not State.CLOSED:
+                deferred = await sleep_through(delay) or deferred
+            await deliver(deferred)
+            return
         # Stop the command in flight: kill the guest (the call then raises
         # SandboxClosed), stop an async host function it waits for, and
         # re-kick until its owner has ended the command. Snapshots and
@@ -397,7 +399,3 @@ def now() -> float:
     """The running loop's clock (deadlines are measured on it)."""
     loop = running_loop()
     return loop.time() if loop is not None else anyio.current_time()
-
-
-async def _sleep(delay: float) -> None:
-    await anyio.sleep(delay)
