@@ -161,7 +161,7 @@ async def create_phases(n: int) -> dict[str, float] | None:
             native = NativeSandbox(options.to_native(), image)
             sb = aionub.Sandbox(native, options, {}, label)
             t1 = clock()
-            await sb._boot()
+            await sb._engine.boot()
             t2 = clock()
             await sb.aclose()
             if i >= 3:
