@@ -105,6 +105,7 @@ void interrupt_set_dropped(struct ab_interrupt *ih);
 struct vcpu_state {
     struct kvm_regs regs;
     struct kvm_sregs sregs;
+    struct kvm_fpu fpu;       /* the raw legacy area; see vcpustate.c       */
     struct kvm_xcrs xcrs;
     struct kvm_debugregs debugregs;
     struct kvm_vcpu_events events;

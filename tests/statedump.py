@@ -137,7 +137,7 @@ XSAVE_LEGACY = [
     ("available_464", 464, 48),
 ]
 XSAVE_HEADER = [("xstate_bv", 512, 8), ("xcomp_bv", 520, 8), ("reserved_528", 528, 48)]
-INT_FIELD_MAX = 8  # xsave pieces up to this size are shown as integers
+INT_FIELD_MAX = 8  # byte fields up to this size are shown as (little-endian) integers
 
 
 # ---- reading --------------------------------------------------------------------------
@@ -176,15 +176,11 @@ def xsave_components() -> list[tuple[int, int, int]]:
     return [(int(buf[i].index), int(buf[i].offset), int(buf[i].size)) for i in range(n)]
 
 
-def _piece(data: bytes) -> int | bytes:
-    return int.from_bytes(data, "little") if len(data) <= INT_FIELD_MAX else data
-
-
 def _split_xsave(area: bytes, out: dict[str, int | bytes | None]) -> None:
     covered = bytearray(len(area))
 
     def put(name: str, offset: int, size: int) -> None:
-        out[name] = _piece(area[offset : offset + size])
+        out[name] = area[offset : offset + size]
         covered[offset : offset + size] = b"\1" * size
 
     for name, offset, size in XSAVE_LEGACY:
@@ -242,6 +238,8 @@ def _show(value: int | bytes | None) -> str:
         return "unreadable"
     if isinstance(value, int):
         return hex(value)
+    if len(value) <= INT_FIELD_MAX:
+        return hex(int.from_bytes(value, "little"))
     return value.hex() if len(value) <= 64 else f"{len(value)} bytes"
 
 
@@ -281,7 +279,7 @@ def diff(a: Dump, b: Dump, *, exclude: set[str] | frozenset[str] = frozenset()) 
         va, vb = a.fields[name], b.fields[name]
         if va == vb:
             continue
-        if isinstance(va, bytes) and isinstance(vb, bytes):
+        if isinstance(va, bytes) and isinstance(vb, bytes) and len(va) > INT_FIELD_MAX:
             lines.append(f"{name}: {_bytes_diff(va, vb)}")
         else:
             lines.append(f"{name}: {_show(va)} != {_show(vb)}")

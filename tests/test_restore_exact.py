@@ -35,7 +35,7 @@ ASYNCIO_ONLY = pytest.mark.parametrize("anyio_backend", [pytest.param(("asyncio"
 
 CANARY = 0x1122334455667788  # the initial value of `canary` in hostile.c
 MXCSR_DEFAULT = 0x1F80
-MXCSR_ROUND_UP_UNMASK_ZM = (MXCSR_DEFAULT & ~0x200) | 0x4000  # RC=+inf, #ZM unmasked
+MXCSR_TRUNCATE_UNMASK_ZM = (MXCSR_DEFAULT & ~0x200) | 0x6000  # RC=toward zero, #ZM unmasked
 XM = 19  # SIMD floating-point exception
 
 
@@ -105,7 +105,7 @@ def _cases() -> list[Any]:
         c[f"garbage-{seed}"] = Case("garbage", (seed,), aionub.GuestProtocolError)
     # Each register class, written and left so.
     regs = {
-        "mxcsr": (MXCSR_ROUND_UP_UNMASK_ZM, "xsave.legacy.mxcsr"),
+        "mxcsr": (MXCSR_TRUNCATE_UNMASK_ZM, "xsave.legacy.mxcsr"),
         "x87": (0x0C7F, "xsave.legacy.fcw"),  # round toward zero, and two values pushed
         "xmm15": (0x5A5A5A5A5A5A5A5A, "xsave.legacy.xmm15"),
         "ymm15": (0x0123456789ABCDEF, "xsave.avx.ymm15_hi128"),
@@ -193,6 +193,46 @@ async def test_restore_brings_back_every_observable_bit(guest: Path, case: Case)
         assert await sb.call("add", 2, 3) == 5
 
 
+@pytest.mark.parametrize(
+    "call",
+    [
+        ("rep_ins", "insl", "table", 1 << 40),
+        ("set_reg", "zmm31", 0x0FEDCBA987654321),
+        ("insn", "trap_flag"),
+    ],
+    ids=["rep-insl-table", "zmm31", "trap-flag"],
+)
+async def test_restore_that_rebuilds_the_vm_is_exact_too(guest: Path, call: tuple[Any, ...]) -> None:
+    # When the vCPU does not settle, restore replaces the VM and vCPU. This
+    # KVM always settles, so the test makes restore believe it did not.
+    async with aionub.Sandbox.create(guest) as sb:
+        snap = await sb.snapshot()
+        before = statedump.dump(sb)
+        try:
+            await sb.call(*call)
+        except aionub.SandboxError:
+            pass
+        lib.ab_sandbox_inject_unsettled(statedump._native_ptr(sb), 1)
+        await sb.restore(snap)
+        assert lib.ab_sandbox_rebuilds(statedump._native_ptr(sb)) == 1
+        after = statedump.dump(sb)
+        assert statedump.diff(before, after) == []
+        tsc = statedump.msr_field(0x10)
+        assert after[tsc] >= before[tsc]  # type: ignore[operator]  # guest time does not go back
+        assert await sb.call("add", 2, 3) == 5
+        assert await sb.call("get_canary") == CANARY
+        # And the new VM's dirty log works: the fast path restores it again.
+        await sb.call("set_reg", "k7", 5)
+        with pytest.raises(aionub.GuestProtocolError):
+            await sb.call("rep_ins", "insl", "data", 4)
+        await sb.restore(snap)
+        assert lib.ab_sandbox_rebuilds(statedump._native_ptr(sb)) == 1
+        assert statedump.diff(before, statedump.dump(sb)) == []
+        # The interrupt handle drives the new vCPU.
+        with pytest.raises(aionub.CallTimeout):
+            await sb.call("spin", timeout=0.03)
+
+
 async def test_two_dumps_of_an_idle_sandbox_are_equal(guest: Path) -> None:
     async with aionub.Sandbox.create(guest) as sb:
         await sb.call("add", 1, 2)
@@ -261,9 +301,10 @@ async def test_sse_control_state_does_not_survive_restore(guest: Path) -> None:
         tenth = _bits(await fresh.call("fdiv", 1.0, 10.0))
     async with aionub.Sandbox.create(guest) as sb:
         snap = await sb.snapshot()
-        await sb.call("set_reg", "mxcsr", MXCSR_ROUND_UP_UNMASK_ZM)
-        # It took effect: rounding is up, and x/0 traps.
-        assert _bits(await sb.call("fdiv", 1.0, 10.0)) == tenth + 1
+        await sb.call("set_reg", "mxcsr", MXCSR_TRUNCATE_UNMASK_ZM)
+        # It took effect: 1/10 (0x3fb999999999999a to nearest) is truncated,
+        # and x/0 traps.
+        assert _bits(await sb.call("fdiv", 1.0, 10.0)) == tenth - 1
         with pytest.raises(aionub.GuestFault) as info:
             await sb.call("fdiv", 1.0, 0.0)
         assert info.value.vector == XM

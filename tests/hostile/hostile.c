@@ -640,10 +640,13 @@ AB_EXPORT(get_canary, AB_INT);
 static double fdiv(double a, double b) { return a / b; }
 AB_EXPORT(fdiv, AB_FLOAT, AB_FLOAT, AB_FLOAT);
 
-__attribute__((target("avx2"))) static void set_ymm15(int64_t v) {
+/* No target attribute here: with AVX enabled the compiler ends the
+ * function with vzeroupper, which would undo the write. The assembler
+ * takes the VEX instructions anyway. */
+static void set_ymm15(int64_t v) {
     __asm__ volatile("vmovq %0, %%xmm15\n\tvpbroadcastq %%xmm15, %%ymm15" : : "r"(v) : "xmm15");
 }
-__attribute__((target("avx2"))) static int64_t get_ymm15_hi(void) {
+static int64_t get_ymm15_hi(void) {
     int64_t v;
     __asm__ volatile("vextracti128 $1, %%ymm15, %%xmm0\n\tvmovq %%xmm0, %0" : "=r"(v) : : "xmm0");
     return v;

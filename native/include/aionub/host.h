@@ -159,6 +159,13 @@ int ab_sandbox_submit_restore(ab_sandbox *sb, const ab_snapshot *snap,
                               int notify_fd);
 void ab_snapshot_free(ab_snapshot *snap);
 uint64_t ab_snapshot_bytes(const ab_snapshot *snap); /* memory it holds */
+/* Fault injection for tests: the next `n` settles (the vCPU must complete
+ * its last exit before its state is read or written) report that KVM kept
+ * asking for more I/O, so restore takes its fallback and rebuilds the VM
+ * and vCPU. Only while idle. */
+void ab_sandbox_inject_unsettled(ab_sandbox *sb, uint32_t n);
+/* How many times restore rebuilt the VM. */
+uint64_t ab_sandbox_rebuilds(ab_sandbox *sb);
 
 /* ---- vCPU state dump, for tests and debugging ------------------------------
  * ab_sandbox_read_state() reads everything KVM exposes about the vCPU of an
