@@ -169,7 +169,8 @@ struct ab_sandbox {
     struct ab_event event;    /* written by the vCPU thread before IDLE     */
     uint32_t xsave_size;      /* KVM_CAP_XSAVE2 on the VM fd (>= 4096)       */
     /* Snapshot bookkeeping (snapshot.c), touched only while idle. */
-    uint64_t image_id;        /* hash of the guest image                    */
+    uint8_t image_sha256[32]; /* identity of the guest image (SHA-256,
+                                 computed by the caller)                   */
     uint64_t npages;
     uint64_t *written;        /* pages ever written (else still zero)       */
     uint64_t *dirty;          /* pages written since `base_id` was taken or
@@ -195,7 +196,7 @@ int vm_create(struct ab_sandbox *sb, char *errbuf, size_t errlen);
 int vm_rebuild(struct ab_sandbox *sb, char *errbuf, size_t errlen);
 /* snapshot.c */
 int snapshot_init_tracking(struct ab_sandbox *sb, const struct ab_image *img,
-                           const uint8_t *elf, size_t elf_len);
+                           const uint8_t image_sha256[32]);
 void snapshot_free_tracking(struct ab_sandbox *sb);
 /* On the vCPU thread, for the SNAPSHOT/RESTORE commands; fill the event. */
 void snapshot_take(struct ab_sandbox *sb, struct ab_event *ev);

@@ -51,7 +51,7 @@
 
 struct ab_snapshot {
     uint64_t id;        /* unique per process; never reused              */
-    uint64_t image_id;
+    uint8_t image_sha256[32];
     struct ab_layout layout;
     uint64_t npages;
     uint64_t *present;  /* pages held in `mem` (others are zero)         */
@@ -80,18 +80,10 @@ static void set_range(uint64_t *map, uint64_t addr, uint64_t len)
 
 static size_t map_words(uint64_t npages) { return (npages + BITS - 1) / BITS; }
 
-static uint64_t fnv1a(const uint8_t *data, size_t len)
-{
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (size_t i = 0; i < len; i++)
-        h = (h ^ data[i]) * 0x100000001b3ull;
-    return h;
-}
-
 int snapshot_init_tracking(struct ab_sandbox *sb, const struct ab_image *img,
-                           const uint8_t *elf, size_t elf_len)
+                           const uint8_t image_sha256[32])
 {
-    sb->image_id = fnv1a(elf, elf_len);
+    memcpy(sb->image_sha256, image_sha256, sizeof sb->image_sha256);
     sb->npages = sb->layout.memory_size / PAGE;
     size_t words = map_words(sb->npages);
     sb->written = calloc(words, sizeof(uint64_t));
@@ -217,7 +209,7 @@ void snapshot_take(struct ab_sandbox *sb, struct ab_event *ev)
     struct ab_snapshot *s = calloc(1, sizeof *s);
     if (!s)
         return fail_event(ev, AB_EV_SNAPSHOT, ENOMEM, "snapshot");
-    memcpy(&s->image_id, &sb->image_id, sizeof s->image_id);
+    memcpy(s->image_sha256, sb->image_sha256, sizeof s->image_sha256);
     s->layout = sb->layout;
     s->npages = sb->npages;
     s->present = calloc(map_words(sb->npages), sizeof(uint64_t));
@@ -286,8 +278,8 @@ void snapshot_restore(struct ab_sandbox *sb, struct ab_event *ev)
     ev->kind = AB_EV_RESTORED;
     if (!sb->run)
         return fail_event(ev, AB_EV_RESTORED, ENODEV, "no VM");
-    bool same_image =
-        memcmp(&s->image_id, &sb->image_id, sizeof s->image_id) == 0;
+    bool same_image = memcmp(s->image_sha256, sb->image_sha256,
+                             sizeof s->image_sha256) == 0;
     if (!same_image ||
         memcmp(&s->layout, &sb->layout, sizeof s->layout) != 0 ||
         s->vcpu.xsave_size != sb->xsave_size) {
@@ -363,3 +355,8 @@ void ab_snapshot_free(ab_snapshot *s)
 }
 
 uint64_t ab_snapshot_bytes(const ab_snapshot *s) { return s->bytes; }
+
+void ab_snapshot_image_sha256(const ab_snapshot *s, uint8_t out[32])
+{
+    memcpy(out, s->image_sha256, sizeof s->image_sha256);
+}

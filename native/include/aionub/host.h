@@ -87,13 +87,15 @@ struct ab_stats {
 int ab_kvm_probe(char *errbuf, size_t errlen);
 
 /* Validate the config and the ELF, lay out and fill guest memory, and start
- * the vCPU thread. ab_sandbox_start() then has the thread create the VM and
+ * the vCPU thread. `image_sha256` is the SHA-256 digest of the ELF (the
+ * caller computes it; Python's hashlib): the image's identity, which
+ * restore compares with a snapshot's. ab_sandbox_start() then has the thread create the VM and
  * run the guest to READY; the result arrives as an event (READY,
  * CREATE_FAILED, or a failure of the guest's initialisation). -EINVAL: bad config or ELF (errbuf says why,
  * prefixed "config:" or "elf:"); other -errno: system failure. */
 int ab_sandbox_create(const struct ab_config *config, const uint8_t *elf,
-                      size_t elf_len, ab_sandbox **out, char *errbuf,
-                      size_t errlen);
+                      size_t elf_len, const uint8_t image_sha256[32],
+                      ab_sandbox **out, char *errbuf, size_t errlen);
 
 /* Validate a guest ELF against a config without creating anything: the
  * same checks ab_sandbox_create() makes (for fuzzing and tooling). 0 or
@@ -159,6 +161,8 @@ int ab_sandbox_submit_restore(ab_sandbox *sb, const ab_snapshot *snap,
                               int notify_fd);
 void ab_snapshot_free(ab_snapshot *snap);
 uint64_t ab_snapshot_bytes(const ab_snapshot *snap); /* memory it holds */
+/* The SHA-256 digest of the guest image the snapshot was taken from. */
+void ab_snapshot_image_sha256(const ab_snapshot *snap, uint8_t out[32]);
 /* Fault injection for tests: the next `n` settles (the vCPU must complete
  * its last exit before its state is read or written) report that KVM kept
  * asking for more I/O, so restore takes its fallback and rebuilds the VM
