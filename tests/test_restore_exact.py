@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import struct
 import threading
 import time
@@ -82,7 +83,7 @@ def _cases() -> list[Any]:
         c[f"exec-{where}"] = Case("exec_written", (where,), aionub.GuestFault)
     for kind, _check in INSN_CASES:
         c[f"insn-{kind}"] = Case("insn", (kind,), aionub.GuestFault)
-    for kind in ("vmcall", "vmmcall", "xgetbv", "syscall_bad_rsp"):
+    for kind in ("vmcall", "vmmcall", "xgetbv", "syscall_bad_rsp", "rdtscp"):
         c[f"insn-{kind}"] = Case("insn", (kind,), ANY)
     for name, kind, port, expect, _check in PORT_CASES:
         c[f"port-{name}"] = Case("port_io", (kind, port), expect)
@@ -368,6 +369,26 @@ async def test_restore_into_another_sandbox_of_the_same_image(guest: Path) -> No
         assert statedump.diff(want, statedump.dump(b)) == []
         assert await b.call("get_reg", "k7") == 3
         assert await b.call("add", 2, 3) == 5
+
+
+@pytest.mark.parametrize("cpu", [0, 1])
+async def test_rdtscp_reads_the_host_cpu_or_faults(guest: Path, cpu: int) -> None:
+    # docs/security.md: kvm_pvm runs rdtscp natively, returning the host's
+    # TSC_AUX (the host CPU number), although the guest's CPUID lacks it;
+    # elsewhere KVM refuses it with #UD. The vCPU thread inherits the
+    # creating thread's CPU affinity.
+    if cpu not in os.sched_getaffinity(0):
+        pytest.skip(f"this process may not run on CPU {cpu}")
+    saved = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        async with aionub.Sandbox.create(guest) as sb:
+            try:
+                assert await sb.call("insn", "rdtscp") == cpu
+            except aionub.GuestFault as exc:
+                assert exc.vector == 6  # #UD
+    finally:
+        os.sched_setaffinity(0, saved)
 
 
 # ---- image identity --------------------------------------------------------------------------

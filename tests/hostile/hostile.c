@@ -205,6 +205,10 @@ static int64_t insn(const char *kind) {
         uint32_t lo, hi;
         __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
         rax = lo;
+    } else if (is(kind, "rdtscp")) { /* returns TSC_AUX (ecx) */
+        uint32_t lo, hi, aux;
+        __asm__ volatile("rdtscp" : "=a"(lo), "=d"(hi), "=c"(aux));
+        rax = aux;
     } else if (is(kind, "vmcall")) {
         rax = 0;
         __asm__ volatile("vmcall" : "+a"(rax) : : "memory");
