@@ -25,6 +25,7 @@ int kvm_fd(char *errbuf, size_t errlen);      /* >= 0 or -errno             */
 int kvm_vcpu_mmap_size(void);
 const struct kvm_cpuid2 *kvm_supported_cpuid(void);
 bool kvm_have_xsave2(void);              /* else only KVM_GET_XSAVE (4 KiB) */
+bool kvm_have_sync_regs(void);           /* KVM_CAP_SYNC_REGS: regs, sregs, events */
 /* MSRs KVM reports in KVM_GET_MSR_INDEX_LIST, and the subset of them that
  * snapshots save and restore writes back (kvm.c documents the choice). */
 const uint32_t *kvm_msr_index_list(uint32_t *n);

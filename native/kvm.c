@@ -21,6 +21,7 @@ static struct {
     struct kvm_cpuid_entry2 entries[MAX_CPUID_ENTRIES];
 } cpuid;
 static bool have_xsave2;        /* KVM_GET_XSAVE2 exists                    */
+static bool have_sync_regs;     /* kvm_run.s.regs takes regs, sregs, events */
 static struct {
     struct kvm_msr_list header;
     uint32_t indices[AB_MAX_MSRS];
@@ -128,6 +129,10 @@ static void open_kvm(void)
         return;
     }
     have_xsave2 = ioctl(fd, KVM_CHECK_EXTENSION, KVM_CAP_XSAVE2) > 0;
+    int sync = ioctl(fd, KVM_CHECK_EXTENSION, KVM_CAP_SYNC_REGS);
+    const int sync_wanted =
+        KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS | KVM_SYNC_X86_EVENTS;
+    have_sync_regs = sync > 0 && (sync & sync_wanted) == sync_wanted;
     /* Everything restore needs to read and write the whole vCPU state. */
     static const struct { int cap; const char *name; } needed[] = {
         {KVM_CAP_XSAVE, "KVM_CAP_XSAVE"},
@@ -174,6 +179,8 @@ int kvm_vcpu_mmap_size(void) { return mmap_size; }
 const struct kvm_cpuid2 *kvm_supported_cpuid(void) { return &cpuid.header; }
 
 bool kvm_have_xsave2(void) { return have_xsave2; }
+
+bool kvm_have_sync_regs(void) { return have_sync_regs; }
 
 const uint32_t *kvm_msr_index_list(uint32_t *n)
 {

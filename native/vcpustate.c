@@ -74,17 +74,60 @@ int vcpu_state_get(struct ab_sandbox *sb, struct vcpu_state *st,
     return 0;
 }
 
-/* Order: sregs first (CR0/CR4/EFER decide how the rest is interpreted),
- * then the MSRs, XCR0 before the XSAVE area it governs, the raw FPU view
- * over the XSAVE area (see above), the general
- * registers, debug registers, and pending events and the MP state last,
- * so that nothing set afterwards can disturb them. */
+/* Write the general and segment registers and the pending events. With
+ * KVM_CAP_SYNC_REGS they travel in kvm_run and one KVM_RUN with
+ * immediate_exit applies them (KVM does so before it looks at
+ * immediate_exit, and the vCPU has settled, so nothing else happens): one
+ * ioctl instead of three, about 10 us less per restore on nested KVM.
+ * KVM applies them in the order regs, sregs, events. */
+static int set_regs_sregs_events(struct ab_sandbox *sb,
+                                 const struct vcpu_state *st,
+                                 const char **what)
+{
+    int fd = sb->vcpu_fd;
+    if (!kvm_have_sync_regs()) {
+        CHECK(ioctl(fd, KVM_SET_REGS, &st->regs), "KVM_SET_REGS");
+        CHECK(ioctl(fd, KVM_SET_SREGS, &st->sregs), "KVM_SET_SREGS");
+        CHECK(ioctl(fd, KVM_SET_VCPU_EVENTS, &st->events),
+              "KVM_SET_VCPU_EVENTS");
+        return 0;
+    }
+    struct kvm_run *run = sb->run;
+    run->s.regs.regs = st->regs;
+    run->s.regs.sregs = st->sregs;
+    run->s.regs.events = st->events;
+    run->kvm_dirty_regs =
+        KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS | KVM_SYNC_X86_EVENTS;
+    _Atomic uint8_t *immediate_exit = (_Atomic uint8_t *)&run->immediate_exit;
+    atomic_store(immediate_exit, 1);
+    int rc = ioctl(fd, KVM_RUN, 0);
+    int err = errno;
+    atomic_store(immediate_exit, 0);
+    /* KVM clears each bit it applied; a failed sync leaves them set, and
+     * they must not linger into the next call's KVM_RUN. */
+    bool applied = run->kvm_dirty_regs == 0;
+    run->kvm_dirty_regs = 0;
+    if (rc == 0 || err != EINTR || !applied) {
+        *what = "KVM_RUN with kvm_run.s.regs";
+        return rc == 0 || err == EINTR ? -EIO : -err;
+    }
+    return 0;
+}
+
+/* Order: the registers, segment and system registers and pending events
+ * first (KVM_RUN enters and leaves with the guest's FPU state loaded, so it
+ * must come before the XSAVE area is written), then the MSRs, XCR0 before
+ * the XSAVE area it governs, the raw FPU view over the XSAVE area (see
+ * above), the debug registers and the MP state. None of the later ioctls
+ * touches the pending events. */
 int vcpu_state_set(struct ab_sandbox *sb, const struct vcpu_state *st,
                    const char **what)
 {
     int fd = sb->vcpu_fd;
-    CHECK(ioctl(fd, KVM_SET_SREGS, &st->sregs), "KVM_SET_SREGS");
-    int rc = ioctl(fd, KVM_SET_MSRS, &st->msrs);
+    int rc = set_regs_sregs_events(sb, st, what);
+    if (rc < 0)
+        return rc;
+    rc = ioctl(fd, KVM_SET_MSRS, &st->msrs);
     CHECK(rc, "KVM_SET_MSRS");
     if ((uint32_t)rc != st->msrs.header.nmsrs) {
         *what = "KVM_SET_MSRS";
@@ -93,9 +136,7 @@ int vcpu_state_set(struct ab_sandbox *sb, const struct vcpu_state *st,
     CHECK(ioctl(fd, KVM_SET_XCRS, &st->xcrs), "KVM_SET_XCRS");
     CHECK(ioctl(fd, KVM_SET_XSAVE, st->xsave), "KVM_SET_XSAVE");
     CHECK(ioctl(fd, KVM_SET_FPU, &st->fpu), "KVM_SET_FPU");
-    CHECK(ioctl(fd, KVM_SET_REGS, &st->regs), "KVM_SET_REGS");
     CHECK(ioctl(fd, KVM_SET_DEBUGREGS, &st->debugregs), "KVM_SET_DEBUGREGS");
-    CHECK(ioctl(fd, KVM_SET_VCPU_EVENTS, &st->events), "KVM_SET_VCPU_EVENTS");
     CHECK(ioctl(fd, KVM_SET_MP_STATE, &st->mp_state), "KVM_SET_MP_STATE");
     return 0;
 }

@@ -146,14 +146,16 @@ void vm_destroy(struct ab_sandbox *sb)
 
 int vm_rebuild(struct ab_sandbox *sb, char *errbuf, size_t errlen)
 {
+    /* Kicks cannot reach the old kvm_run once vm_destroy() has detached it
+     * (under kick_lock); vm_create() attaches the new one the same way. A
+     * kick in between finds no kvm_run and nothing RUNNING: restore never
+     * enters the guest. */
     uint32_t xsave_size = sb->xsave_size;
     vm_destroy(sb);
     int rc = vm_create(sb, errbuf, errlen);
-    if (rc == 0 && sb->xsave_size != xsave_size) {
-        vm_destroy(sb); /* cannot happen on one KVM; refuse rather than guess */
+    if (rc == 0 && sb->xsave_size != xsave_size) /* not on one KVM */
         rc = ab_fail(errbuf, errlen, EIO, "the rebuilt vCPU's XSAVE size "
                      "changed from %u to %u", xsave_size, sb->xsave_size);
-    }
     if (rc)
         vm_destroy(sb); /* leave no half-built VM: later commands see none */
     return rc;
