@@ -11,7 +11,18 @@ import pathlib
 from cffi import FFI
 
 NATIVE = pathlib.Path(__file__).resolve().parent
-SOURCES = ["kvm.c", "elf.c", "memory.c", "interrupt.c", "vm.c", "vcpu.c", "sandbox.c", "snapshot.c"]
+SOURCES = [
+    "kvm.c",
+    "elf.c",
+    "memory.c",
+    "interrupt.c",
+    "vm.c",
+    "vcpu.c",
+    "vcpustate.c",
+    "sandbox.c",
+    "snapshot.c",
+    "statedump.c",
+]
 
 
 def _cdef() -> str:

@@ -24,6 +24,13 @@ int ab_fail(char *buf, size_t len, int err, const char *fmt, ...)
 int kvm_fd(char *errbuf, size_t errlen);      /* >= 0 or -errno             */
 int kvm_vcpu_mmap_size(void);
 const struct kvm_cpuid2 *kvm_supported_cpuid(void);
+bool kvm_have_xsave2(void);              /* else only KVM_GET_XSAVE (4 KiB) */
+bool kvm_have_sync_regs(void);           /* KVM_CAP_SYNC_REGS: regs, sregs, events */
+/* MSRs KVM reports in KVM_GET_MSR_INDEX_LIST, and the subset of them that
+ * snapshots save and restore writes back (kvm.c documents the choice). */
+const uint32_t *kvm_msr_index_list(uint32_t *n);
+const uint32_t *kvm_restore_msrs(uint32_t *n);
+#define AB_MAX_RESTORE_MSRS 16
 
 /* ---- elf.c: validated loading of a guest image ---------------------------- */
 #define AB_MAX_SEGMENTS 16
@@ -88,6 +95,38 @@ bool interrupt_is_cancelled(struct ab_interrupt *ih);
 void interrupt_clear_cancel(struct ab_interrupt *ih);
 void interrupt_set_dropped(struct ab_interrupt *ih);
 
+/* ---- vcpustate.c: the vCPU state a snapshot holds ------------------------------
+ * Everything KVM exposes that the guest can observe, except guest time
+ * (IA32_TSC): general, segment, control registers and descriptor tables
+ * (sregs, which also carry EFER and the FS/GS bases), the whole XSAVE area
+ * in KVM's user (standard) format (x87, SSE incl. MXCSR, AVX, AVX-512 and
+ * any other user component the CPU has), XCR0, debug registers, pending
+ * events and exceptions, the MP state and the MSRs kvm_restore_msrs()
+ * lists. */
+struct vcpu_state {
+    struct kvm_regs regs;
+    struct kvm_sregs sregs;
+    struct kvm_fpu fpu;       /* the raw legacy area; see vcpustate.c       */
+    struct kvm_xcrs xcrs;
+    struct kvm_debugregs debugregs;
+    struct kvm_vcpu_events events;
+    struct kvm_mp_state mp_state;
+    struct {
+        struct kvm_msrs header;
+        struct kvm_msr_entry entries[AB_MAX_RESTORE_MSRS];
+    } msrs;
+    uint32_t xsave_size;      /* bytes at `xsave`                            */
+    struct kvm_xsave *xsave;
+};
+struct ab_sandbox;
+int vcpu_state_alloc(struct vcpu_state *st, uint32_t xsave_size);
+void vcpu_state_free(struct vcpu_state *st);
+/* 0, or -errno with *what naming the ioctl that failed. */
+int vcpu_state_get(struct ab_sandbox *sb, struct vcpu_state *st,
+                   const char **what);
+int vcpu_state_set(struct ab_sandbox *sb, const struct vcpu_state *st,
+                   const char **what);
+
 /* ---- stats ------------------------------------------------------------------ */
 struct ab_counters {
     _Atomic uint64_t calls, runs, cancellations, signals_sent, stale_kicks;
@@ -129,8 +168,10 @@ struct ab_sandbox {
     /* Set by submit, cleared by ack: at most one command in flight. */
     _Atomic bool pending;
     struct ab_event event;    /* written by the vCPU thread before IDLE     */
+    uint32_t xsave_size;      /* KVM_CAP_XSAVE2 on the VM fd (>= 4096)       */
     /* Snapshot bookkeeping (snapshot.c), touched only while idle. */
-    uint64_t image_id;        /* hash of the guest image                    */
+    uint8_t image_sha256[32]; /* identity of the guest image (SHA-256,
+                                 computed by the caller)                   */
     uint64_t npages;
     uint64_t *written;        /* pages ever written (else still zero)       */
     uint64_t *dirty;          /* pages written since `base_id` was taken or
@@ -141,13 +182,22 @@ struct ab_sandbox {
     const struct ab_snapshot *restore_from;
     uint64_t input_used, output_used; /* host writes since the last one   */
     struct ab_snapshot *snapshot_result;
+    /* Fault injection for tests (ab_sandbox_inject_unsettled): this many
+     * coming settles report that KVM never settled. vCPU thread only,
+     * set while idle. */
+    uint32_t inject_unsettled;
+    uint64_t rebuilds;        /* VMs rebuilt by restore (stats)             */
     struct ab_counters counters;
 };
 
 int vm_create(struct ab_sandbox *sb, char *errbuf, size_t errlen);
+/* Replace the VM and vCPU with fresh ones over the same guest memory (on
+ * the vCPU thread, while idle): nothing KVM kept inside the old ones can
+ * survive. The new memory slot's dirty log starts empty. */
+int vm_rebuild(struct ab_sandbox *sb, char *errbuf, size_t errlen);
 /* snapshot.c */
 int snapshot_init_tracking(struct ab_sandbox *sb, const struct ab_image *img,
-                           const uint8_t *elf, size_t elf_len);
+                           const uint8_t image_sha256[32]);
 void snapshot_free_tracking(struct ab_sandbox *sb);
 /* On the vCPU thread, for the SNAPSHOT/RESTORE commands; fill the event. */
 void snapshot_take(struct ab_sandbox *sb, struct ab_event *ev);

@@ -73,8 +73,8 @@ int ab_elf_validate(const struct ab_config *config, const uint8_t *elf,
 }
 
 int ab_sandbox_create(const struct ab_config *config, const uint8_t *elf,
-                      size_t elf_len, ab_sandbox **out, char *errbuf,
-                      size_t errlen)
+                      size_t elf_len, const uint8_t image_sha256[32],
+                      ab_sandbox **out, char *errbuf, size_t errlen)
 {
     *out = NULL;
     int rc = kvm_fd(errbuf, errlen);
@@ -118,7 +118,7 @@ int ab_sandbox_create(const struct ab_config *config, const uint8_t *elf,
     }
     sb->mem = mem;
     memory_build(sb->mem, &sb->layout, &image, elf);
-    rc = snapshot_init_tracking(sb, &image, elf, elf_len);
+    rc = snapshot_init_tracking(sb, &image, image_sha256);
     if (rc) {
         ab_fail(errbuf, errlen, -rc, "out of memory");
         goto fail;

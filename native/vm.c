@@ -108,6 +108,13 @@ int vm_create(struct ab_sandbox *sb, char *errbuf, size_t errlen)
     sb->run = run;
     if (ioctl(sb->vcpu_fd, KVM_SET_CPUID2, kvm_supported_cpuid()) < 0)
         return IOCTL_FAIL("KVM_SET_CPUID2");
+    /* The XSAVE buffer size, asked of the VM as the KVM API says (it may
+     * exceed 4 KiB with dynamically enabled components); 0 without
+     * KVM_CAP_XSAVE2, where the legacy 4 KiB buffer holds everything. */
+    int xsave_size = ioctl(sb->vm_fd, KVM_CHECK_EXTENSION, KVM_CAP_XSAVE2);
+    sb->xsave_size = xsave_size > (int)sizeof(struct kvm_xsave)
+                         ? (uint32_t)xsave_size
+                         : (uint32_t)sizeof(struct kvm_xsave);
     int rc = set_initial_registers(sb, errbuf, errlen);
     if (rc)
         return rc;
@@ -120,6 +127,13 @@ int vm_create(struct ab_sandbox *sb, char *errbuf, size_t errlen)
 
 void vm_destroy(struct ab_sandbox *sb)
 {
+    /* No kick may touch kvm_run once it is unmapped (teardown has already
+     * done this through interrupt_set_dropped; restore's rebuild has not). */
+    if (sb->ih) {
+        pthread_mutex_lock(&sb->ih->kick_lock);
+        sb->ih->run = NULL;
+        pthread_mutex_unlock(&sb->ih->kick_lock);
+    }
     if (sb->run)
         munmap(sb->run, (size_t)sb->run_size);
     if (sb->vcpu_fd >= 0)
@@ -128,4 +142,21 @@ void vm_destroy(struct ab_sandbox *sb)
         close(sb->vm_fd);
     sb->run = NULL;
     sb->vcpu_fd = sb->vm_fd = -1;
+}
+
+int vm_rebuild(struct ab_sandbox *sb, char *errbuf, size_t errlen)
+{
+    /* Kicks cannot reach the old kvm_run once vm_destroy() has detached it
+     * (under kick_lock); vm_create() attaches the new one the same way. A
+     * kick in between finds no kvm_run and nothing RUNNING: restore never
+     * enters the guest. */
+    uint32_t xsave_size = sb->xsave_size;
+    vm_destroy(sb);
+    int rc = vm_create(sb, errbuf, errlen);
+    if (rc == 0 && sb->xsave_size != xsave_size) /* not on one KVM */
+        rc = ab_fail(errbuf, errlen, EIO, "the rebuilt vCPU's XSAVE size "
+                     "changed from %u to %u", xsave_size, sb->xsave_size);
+    if (rc)
+        vm_destroy(sb); /* leave no half-built VM: later commands see none */
+    return rc;
 }

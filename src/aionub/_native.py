@@ -4,6 +4,7 @@ return codes and turn them into exceptions in one place."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 from typing import Any
 
@@ -75,7 +76,10 @@ class NativeSandbox:
         probe_kvm()
         out = ffi.new("ab_sandbox **")
         buf = ffi.new("char[]", _ERRLEN)
-        rc = lib.ab_sandbox_create(config, image, len(image), out, buf, _ERRLEN)
+        # The image's identity, which restore() checks a snapshot against:
+        # a collision-resistant digest, since images come from tenants.
+        digest = hashlib.sha256(image).digest()
+        rc = lib.ab_sandbox_create(config, image, len(image), digest, out, buf, _ERRLEN)
         if rc < 0:
             message = _message(buf)
             if message.startswith("elf: "):

@@ -205,6 +205,10 @@ static int64_t insn(const char *kind) {
         uint32_t lo, hi;
         __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
         rax = lo;
+    } else if (is(kind, "rdtscp")) { /* returns TSC_AUX (ecx) */
+        uint32_t lo, hi, aux;
+        __asm__ volatile("rdtscp" : "=a"(lo), "=d"(hi), "=c"(aux));
+        rax = aux;
     } else if (is(kind, "vmcall")) {
         rax = 0;
         __asm__ volatile("vmcall" : "+a"(rax) : : "memory");
@@ -623,6 +627,195 @@ static int64_t host_result_size(int64_t n) {
     return len;
 }
 AB_EXPORT(host_result_size, AB_INT, AB_INT);
+
+/* ---- state a call leaves behind (tests/test_restore_exact.py) ---------------
+ *
+ * Each of these writes one class of guest-visible register (or, with string
+ * input from a hypercall port, memory through KVM's instruction emulator)
+ * and leaves it so: restore must bring every one of them back. The AVX and
+ * AVX-512 code is enabled per function (target attributes): the rest of
+ * the guest is compiled for the baseline x86-64 only. */
+
+static int64_t canary = 0x1122334455667788; /* a global in .data */
+
+static int64_t get_canary(void) { return canary; }
+AB_EXPORT(get_canary, AB_INT);
+
+static double fdiv(double a, double b) { return a / b; }
+AB_EXPORT(fdiv, AB_FLOAT, AB_FLOAT, AB_FLOAT);
+
+/* No target attribute here: with AVX enabled the compiler ends the
+ * function with vzeroupper, which would undo the write. The assembler
+ * takes the VEX instructions anyway. */
+static void set_ymm15(int64_t v) {
+    __asm__ volatile("vmovq %0, %%xmm15\n\tvpbroadcastq %%xmm15, %%ymm15" : : "r"(v) : "xmm15");
+}
+static int64_t get_ymm15_hi(void) {
+    int64_t v;
+    __asm__ volatile("vextracti128 $1, %%ymm15, %%xmm0\n\tvmovq %%xmm0, %0" : "=r"(v) : : "xmm0");
+    return v;
+}
+__attribute__((target("avx512f"))) static void set_zmm31(int64_t v) {
+    __asm__ volatile("vpbroadcastq %0, %%zmm31" : : "r"(v) : "xmm31");
+}
+/* Lane 6 of zmm31: in its upper 256 bits. */
+__attribute__((target("avx512f"))) static int64_t get_zmm31_hi(void) {
+    int64_t v;
+    __asm__ volatile("vextracti64x4 $1, %%zmm31, %%ymm0\n\t"
+                     "vextracti128 $1, %%ymm0, %%xmm0\n\t"
+                     "vmovq %%xmm0, %0"
+                     : "=r"(v)
+                     :
+                     : "xmm0");
+    return v;
+}
+__attribute__((target("avx512bw"))) static void set_k7(int64_t v) {
+    __asm__ volatile("kmovq %0, %%k7" : : "r"(v) : "k7");
+}
+__attribute__((target("avx512bw"))) static int64_t get_k7(void) {
+    int64_t v;
+    __asm__ volatile("kmovq %%k7, %0" : "=r"(v));
+    return v;
+}
+
+/* Set the flags in `bits` and report a result of 7 straight away with an
+ * `out` of a well-formed record, so that no compiled code runs with them
+ * (DF=1 or AC=1 breaks the ABI). The call returns 7; the vCPU keeps the
+ * flags. */
+static int64_t set_flags_and_report(uint64_t bits) {
+    uint8_t *o = (uint8_t *)(uintptr_t)boot()->output_addr;
+    int64_t seven = 7;
+    o[0] = AB_STATUS_OK;
+    o[1] = AB_TAG_INT;
+    memcpy(o + 2, &seven, 8);
+    __asm__ volatile("pushfq\n\t"
+                     "orq %0, (%%rsp)\n\t"
+                     "popfq\n\t"
+                     "outl %%eax, %w1\n\t"
+                     "pushfq\n\t"
+                     "andq %2, (%%rsp)\n\t"
+                     "popfq"
+                     :
+                     : "r"(bits), "d"((uint16_t)AB_PORT_RESULT), "r"(~bits), "a"(10)
+                     : "memory", "cc");
+    return 7;
+}
+
+static void load_selector(const char *seg, uint16_t sel) {
+    if (is(seg, "ds"))
+        __asm__ volatile("mov %w0, %%ds" : : "r"(sel));
+    else if (is(seg, "es"))
+        __asm__ volatile("mov %w0, %%es" : : "r"(sel));
+    else if (is(seg, "fs"))
+        __asm__ volatile("mov %w0, %%fs" : : "r"(sel));
+    else if (is(seg, "gs"))
+        __asm__ volatile("mov %w0, %%gs" : : "r"(sel));
+    else
+        ab_abort(2, "load_selector: unknown %s", seg);
+}
+
+/* Write register class `what` from `v` and return normally (leaving it so). */
+static int64_t set_reg(const char *what, int64_t v) {
+    uint64_t u = (uint64_t)v;
+    if (is(what, "mxcsr")) {
+        uint32_t m = (uint32_t)u;
+        __asm__ volatile("ldmxcsr %0" : : "m"(m));
+    } else if (is(what, "x87")) {
+        /* a control word, and two values left on the register stack */
+        uint16_t cw = (uint16_t)u;
+        __asm__ volatile("fldcw %0\n\tfld1\n\tfldpi" : : "m"(cw) : "st", "st(1)");
+    } else if (is(what, "xmm15")) {
+        __asm__ volatile("movq %0, %%xmm15\n\tpunpcklqdq %%xmm15, %%xmm15" : : "r"(v) : "xmm15");
+    } else if (is(what, "ymm15")) {
+        set_ymm15(v);
+    } else if (is(what, "zmm31")) {
+        set_zmm31(v);
+    } else if (is(what, "k7")) {
+        set_k7(v);
+    } else if (is(what, "fsbase")) {
+        __asm__ volatile("wrfsbase %0" : : "r"(u));
+    } else if (is(what, "gsbase")) {
+        __asm__ volatile("wrgsbase %0" : : "r"(u));
+    } else if (is(what, "ds") || is(what, "es") || is(what, "fs") || is(what, "gs")) {
+        load_selector(what, (uint16_t)u);
+    } else if (is(what, "flags")) {
+        return set_flags_and_report(u);
+    } else {
+        ab_abort(2, "set_reg: unknown %s", what);
+    }
+    return 1;
+}
+AB_EXPORT(set_reg, AB_INT, AB_STR, AB_INT);
+
+static int64_t get_reg(const char *what) {
+    uint64_t v = 0;
+    if (is(what, "mxcsr")) {
+        uint32_t m;
+        __asm__ volatile("stmxcsr %0" : "=m"(m));
+        v = m;
+    } else if (is(what, "x87_cw")) {
+        uint16_t cw;
+        __asm__ volatile("fnstcw %0" : "=m"(cw));
+        v = cw;
+    } else if (is(what, "x87_sw")) {
+        uint16_t sw;
+        __asm__ volatile("fnstsw %0" : "=m"(sw));
+        v = sw;
+    } else if (is(what, "xmm15")) {
+        __asm__ volatile("movq %%xmm15, %0" : "=r"(v));
+    } else if (is(what, "ymm15")) {
+        v = (uint64_t)get_ymm15_hi();
+    } else if (is(what, "zmm31")) {
+        v = (uint64_t)get_zmm31_hi();
+    } else if (is(what, "k7")) {
+        v = (uint64_t)get_k7();
+    } else if (is(what, "fsbase")) {
+        __asm__ volatile("rdfsbase %0" : "=r"(v));
+    } else if (is(what, "gsbase")) {
+        __asm__ volatile("rdgsbase %0" : "=r"(v));
+    } else if (is(what, "ds")) {
+        __asm__ volatile("mov %%ds, %w0" : "=r"(v));
+    } else if (is(what, "fs")) {
+        __asm__ volatile("mov %%fs, %w0" : "=r"(v));
+    } else if (is(what, "flags")) {
+        __asm__ volatile("pushfq\n\tpopq %0" : "=r"(v));
+    } else {
+        ab_abort(2, "get_reg: unknown %s", what);
+    }
+    return (int64_t)v;
+}
+AB_EXPORT(get_reg, AB_INT, AB_STR);
+
+/* String input from a hypercall port, which the host refuses (a protocol
+ * error): KVM has already started emulating the instruction, and completes
+ * it (writing memory) on the next KVM_RUN, which is restore's. `where`:
+ * the global `canary` in .data, a heap block, or the start of the heap,
+ * where the runtime keeps its function table. `down` runs it with DF=1. */
+static int64_t rep_ins(const char *kind, const char *where, int64_t count) {
+    void *dst;
+    if (is(where, "data"))
+        dst = &canary;
+    else if (is(where, "heap"))
+        dst = malloc(64);
+    else if (is(where, "table"))
+        dst = (void *)(uintptr_t)boot()->heap_addr;
+    else
+        ab_abort(2, "rep_ins: unknown %s", where);
+    uint16_t port = AB_PORT_RESULT;
+    uint64_t n = (uint64_t)count;
+    if (is(kind, "insb"))
+        __asm__ volatile("rep insb" : "+D"(dst), "+c"(n) : "d"(port) : "memory");
+    else if (is(kind, "insw"))
+        __asm__ volatile("rep insw" : "+D"(dst), "+c"(n) : "d"(port) : "memory");
+    else if (is(kind, "insl"))
+        __asm__ volatile("rep insl" : "+D"(dst), "+c"(n) : "d"(port) : "memory");
+    else if (is(kind, "insl_down"))
+        __asm__ volatile("std\n\trep insl\n\tcld" : "+D"(dst), "+c"(n) : "d"(port) : "memory", "cc");
+    else
+        ab_abort(2, "rep_ins: unknown %s", kind);
+    return (int64_t)n;
+}
+AB_EXPORT(rep_ins, AB_INT, AB_STR, AB_STR, AB_INT);
 
 static int64_t add(int64_t a, int64_t b) { return (int64_t)((uint64_t)a + (uint64_t)b); }
 AB_EXPORT(add, AB_INT, AB_INT, AB_INT);

@@ -87,13 +87,15 @@ struct ab_stats {
 int ab_kvm_probe(char *errbuf, size_t errlen);
 
 /* Validate the config and the ELF, lay out and fill guest memory, and start
- * the vCPU thread. ab_sandbox_start() then has the thread create the VM and
+ * the vCPU thread. `image_sha256` is the SHA-256 digest of the ELF (the
+ * caller computes it; Python's hashlib): the image's identity, which
+ * restore compares with a snapshot's. ab_sandbox_start() then has the thread create the VM and
  * run the guest to READY; the result arrives as an event (READY,
  * CREATE_FAILED, or a failure of the guest's initialisation). -EINVAL: bad config or ELF (errbuf says why,
  * prefixed "config:" or "elf:"); other -errno: system failure. */
 int ab_sandbox_create(const struct ab_config *config, const uint8_t *elf,
-                      size_t elf_len, ab_sandbox **out, char *errbuf,
-                      size_t errlen);
+                      size_t elf_len, const uint8_t image_sha256[32],
+                      ab_sandbox **out, char *errbuf, size_t errlen);
 
 /* Validate a guest ELF against a config without creating anything: the
  * same checks ab_sandbox_create() makes (for fuzzing and tooling). 0 or
@@ -134,8 +136,8 @@ int ab_sandbox_ack(ab_sandbox *sb, int notify_fd);
 void ab_sandbox_stats(ab_sandbox *sb, struct ab_stats *out);
 void ab_process_stats(struct ab_stats *out);
 
-/* Snapshots: guest memory and vCPU state (general, special, FPU/SSE
- * registers, pending events) of an idle sandbox. A snapshot may be restored
+/* Snapshots: guest memory and the whole vCPU state (see struct vcpu_state
+ * in native/internal.h and docs/security.md) of an idle sandbox. A snapshot may be restored
  * into any sandbox of the same guest image and layout, any number of times.
  * Restoring into the sandbox that took it (the common case) copies back
  * only the pages written since (KVM dirty-page log plus the host's own
@@ -159,6 +161,120 @@ int ab_sandbox_submit_restore(ab_sandbox *sb, const ab_snapshot *snap,
                               int notify_fd);
 void ab_snapshot_free(ab_snapshot *snap);
 uint64_t ab_snapshot_bytes(const ab_snapshot *snap); /* memory it holds */
+/* The SHA-256 digest of the guest image the snapshot was taken from. */
+void ab_snapshot_image_sha256(const ab_snapshot *snap, uint8_t out[32]);
+/* Fault injection for tests: the next `n` settles (the vCPU must complete
+ * its last exit before its state is read or written) report that KVM kept
+ * asking for more I/O, so restore takes its fallback and rebuilds the VM
+ * and vCPU. Only while idle. */
+void ab_sandbox_inject_unsettled(ab_sandbox *sb, uint32_t n);
+/* How many times restore rebuilt the VM. */
+uint64_t ab_sandbox_rebuilds(ab_sandbox *sb);
+
+/* ---- vCPU state dump, for tests and debugging ------------------------------
+ * ab_sandbox_read_state() reads everything KVM exposes about the vCPU of an
+ * idle sandbox, with its own ioctls on the calling thread (independent of
+ * the snapshot code): the structures below mirror KVM's (struct kvm_regs,
+ * kvm_sregs, kvm_fpu, kvm_vcpu_events, kvm_debugregs, kvm_xcrs) byte for
+ * byte, reserved and padding fields included, so that a difference
+ * anywhere shows up as a named field. MSRs: every index in
+ * KVM_GET_MSR_INDEX_LIST plus the architectural ones KVM answers but
+ * leaves out of that list (EFER, FS_BASE, GS_BASE, TSC_AUX); `ok` is 0 for
+ * an MSR KVM refused to read. The XSAVE area (KVM_GET_XSAVE2, standard
+ * format) goes to a separate buffer of ab_sandbox_xsave_size() bytes;
+ * ab_xsave_components() gives its layout from the guest's CPUID leaf 0xD.
+ * Only while no command is in flight (-EBUSY otherwise); it does not
+ * settle the vCPU, so it reports the state exactly as KVM holds it. */
+#define AB_MAX_MSRS 512
+struct ab_kvm_regs {
+    uint64_t rax, rbx, rcx, rdx, rsi, rdi, rsp, rbp;
+    uint64_t r8, r9, r10, r11, r12, r13, r14, r15;
+    uint64_t rip, rflags;
+};
+struct ab_kvm_segment {
+    uint64_t base;
+    uint32_t limit;
+    uint16_t selector;
+    uint8_t type, present, dpl, db, s, l, g, avl, unusable, padding;
+};
+struct ab_kvm_dtable {
+    uint64_t base;
+    uint16_t limit;
+    uint16_t padding[3];
+};
+struct ab_kvm_sregs {
+    struct ab_kvm_segment cs, ds, es, fs, gs, ss, tr, ldt;
+    struct ab_kvm_dtable gdt, idt;
+    uint64_t cr0, cr2, cr3, cr4, cr8, efer, apic_base;
+    uint64_t interrupt_bitmap[4];
+};
+struct ab_kvm_fpu {
+    uint8_t fpr[8][16];
+    uint16_t fcw, fsw;
+    uint8_t ftwx, pad1;
+    uint16_t last_opcode;
+    uint64_t last_ip, last_dp;
+    uint8_t xmm[16][16];
+    uint32_t mxcsr, pad2;
+};
+struct ab_kvm_events_exception {
+    uint8_t injected, nr, has_error_code, pending;
+    uint32_t error_code;
+};
+struct ab_kvm_events_interrupt { uint8_t injected, nr, soft, shadow; };
+struct ab_kvm_events_nmi { uint8_t injected, pending, masked, pad; };
+struct ab_kvm_events_smi { uint8_t smm, pending, smm_inside_nmi, latched_init; };
+struct ab_kvm_events_triple_fault { uint8_t pending; };
+struct ab_kvm_vcpu_events {
+    struct ab_kvm_events_exception exception;
+    struct ab_kvm_events_interrupt interrupt;
+    struct ab_kvm_events_nmi nmi;
+    uint32_t sipi_vector;
+    uint32_t flags;
+    struct ab_kvm_events_smi smi;
+    struct ab_kvm_events_triple_fault triple_fault;
+    uint8_t reserved[26];
+    uint8_t exception_has_payload;
+    uint64_t exception_payload;
+};
+struct ab_kvm_debugregs {
+    uint64_t db[4];
+    uint64_t dr6, dr7, flags;
+    uint64_t reserved[9];
+};
+struct ab_kvm_xcr { uint32_t xcr, reserved; uint64_t value; };
+struct ab_kvm_xcrs {
+    uint32_t nr_xcrs, flags;
+    struct ab_kvm_xcr xcrs[16];
+    uint64_t padding[16];
+};
+struct ab_msr_value { uint32_t index; uint32_t ok; uint64_t value; };
+struct ab_vcpu_state {
+    struct ab_kvm_regs regs;
+    struct ab_kvm_sregs sregs;
+    struct ab_kvm_fpu fpu;
+    struct ab_kvm_vcpu_events events;
+    struct ab_kvm_debugregs debugregs;
+    struct ab_kvm_xcrs xcrs;
+    uint32_t mp_state;
+    uint32_t nmsrs;
+    struct ab_msr_value msrs[AB_MAX_MSRS];
+};
+struct ab_xsave_component {
+    uint32_t index;  /* XSAVE state component (2 = AVX, 5 = opmask, ...)   */
+    uint32_t offset; /* in the standard-format area (CPUID 0xD.i ebx)     */
+    uint32_t size;   /* bytes (CPUID 0xD.i eax)                            */
+};
+int ab_sandbox_read_state(ab_sandbox *sb, struct ab_vcpu_state *out,
+                          uint8_t *xsave, size_t xsave_len);
+size_t ab_sandbox_xsave_size(ab_sandbox *sb);
+/* Copy KVM_GET_MSR_INDEX_LIST (or the MSRs restore writes back) into `out`;
+ * the count, -ENOSPC if more than `max`, or -errno if KVM is unusable. */
+int ab_msr_index_list(uint32_t *out, uint32_t max);
+int ab_restore_msr_list(uint32_t *out, uint32_t max);
+/* The user XSAVE components beyond x87/SSE (whose legacy region is fixed
+ * by the architecture); count, -ENOSPC or -errno. */
+int ab_xsave_components(struct ab_xsave_component *out, uint32_t max);
 
 /* Interrupt handles (seed semantics). Each handle is reference counted and
  * outlives its sandbox safely. */
