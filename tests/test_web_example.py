@@ -4,9 +4,7 @@ driven over HTTP with httpx."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import webserver
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("starlette")
@@ -28,40 +27,14 @@ DEADLINE = 3.0  # the server's per-request deadline, seconds
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The app under uvicorn in a subprocess, on a socket bound here to a
     free port of 127.0.0.1 and handed over with --fd."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     log_path = tmp_path_factory.mktemp("web") / "server.log"
-    env = {
-        **os.environ,
-        "AIONUB_POOL_SIZE": "3",
-        "AIONUB_POOL_MAX_SIZE": "6",
-        "AIONUB_DEADLINE": str(DEADLINE),
-    }
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "web_app:app", "--app-dir", str(EXAMPLES),
-             "--fd", str(sock.fileno()), "--log-level", "warning"],
-            pass_fds=(sock.fileno(),),
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    sock.close()
+    env = {"AIONUB_POOL_SIZE": "3", "AIONUB_POOL_MAX_SIZE": "6", "AIONUB_DEADLINE": str(DEADLINE)}
+    proc, url = webserver.start(
+        lambda fd: [sys.executable, "-m", "uvicorn", "web_app:app", "--app-dir", str(EXAMPLES),
+                    "--fd", str(fd), "--log-level", "warning"],
+        env, log_path,
+    )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the server exited with {proc.returncode}:\n{log_path.read_text()}")
-            try:
-                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the server did not come up:\n{log_path.read_text()}")
-            time.sleep(0.05)
         yield url
     finally:
         proc.terminate()

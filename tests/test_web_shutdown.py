@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import webserver
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("starlette")
@@ -69,31 +67,12 @@ uvicorn.Server(config).run(sockets=[sock])
 
 
 def start_server(tmp_path: Path, graceful: float) -> tuple[subprocess.Popen[bytes], str, Path]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     log_path = tmp_path / "server.log"
-    env = {**os.environ, "AIONUB_POOL_SIZE": "2", "AIONUB_POOL_MAX_SIZE": "4", "AIONUB_DEADLINE": "3"}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", RUNNER, str(EXAMPLES), str(sock.fileno()), str(graceful)],
-            pass_fds=(sock.fileno(),), env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
-    sock.close()
-    deadline = time.monotonic() + 60
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"the server exited with {proc.returncode}:\n{log_path.read_text()}")
-        try:
-            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                return proc, url, log_path
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"the server did not come up:\n{log_path.read_text()}")
-        time.sleep(0.05)
+    env = {"AIONUB_POOL_SIZE": "2", "AIONUB_POOL_MAX_SIZE": "4", "AIONUB_DEADLINE": "3"}
+    proc, url = webserver.start(
+        lambda fd: [sys.executable, "-c", RUNNER, str(EXAMPLES), str(fd), str(graceful)], env, log_path
+    )
+    return proc, url, log_path
 
 
 async def requests_in_flight(url: str, proc: subprocess.Popen[bytes]) -> list[Any]:
