@@ -142,6 +142,7 @@ struct ab_sandbox {
     uint64_t input_used, output_used; /* host writes since the last one   */
     struct ab_snapshot *snapshot_result;
     struct ab_counters counters;
+    int inject_create_failure; /* AB_CREATE_FAIL_* or 0 (fault injection) */
 };
 
 int vm_create(struct ab_sandbox *sb, char *errbuf, size_t errlen);

@@ -180,6 +180,18 @@ int ab_sandbox_start(ab_sandbox *sb, int notify_fd)
     return submit(sb, AB_CMD_CREATE, notify_fd);
 }
 
+int ab_sandbox_inject_create_failure(ab_sandbox *sb, int step)
+{
+    if (step < AB_CREATE_FAIL_CPUID || step > AB_CREATE_FAIL_END)
+        return -EINVAL;
+    if (sb->started)
+        return -EALREADY;
+    /* Read by the vCPU thread after it sees the CREATE command, which
+     * ab_sandbox_start() stores with seq_cst after this. */
+    sb->inject_create_failure = step;
+    return 0;
+}
+
 int ab_sandbox_submit(ab_sandbox *sb, uint32_t cmd, int notify_fd)
 {
     if (cmd != AB_CMD_CALL && cmd != AB_CMD_RESUME)

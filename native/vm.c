@@ -29,6 +29,16 @@
 #define IOCTL_FAIL(what)                                                      \
     ab_fail(errbuf, errlen, errno, "%s failed: %s", what, strerror(errno))
 
+/* Fault injection (ab_sandbox_inject_create_failure): true, with errno set
+ * as the failing ioctl would, if `step` is to fail. */
+static bool injected(const struct ab_sandbox *sb, int step)
+{
+    if (sb->inject_create_failure != step)
+        return false;
+    errno = EIO;
+    return true;
+}
+
 static void set_segments(struct kvm_sregs *s)
 {
     struct kvm_segment code = {
@@ -73,7 +83,8 @@ static int set_initial_registers(struct ab_sandbox *sb, char *errbuf,
     r.rsp = sb->layout.stack_addr + sb->layout.stack_size;
     r.rdi = AB_BOOT_INFO_ADDR;
     r.rflags = 0x2; /* IF=0, IOPL=0: port I/O only through the TSS bitmap */
-    if (ioctl(sb->vcpu_fd, KVM_SET_REGS, &r) < 0)
+    if (injected(sb, AB_CREATE_FAIL_REGISTERS) ||
+        ioctl(sb->vcpu_fd, KVM_SET_REGS, &r) < 0)
         return IOCTL_FAIL("KVM_SET_REGS");
     return 0;
 }
@@ -106,11 +117,15 @@ int vm_create(struct ab_sandbox *sb, char *errbuf, size_t errlen)
         return ab_fail(errbuf, errlen, errno, "mmap of kvm_run failed: %s",
                        strerror(errno));
     sb->run = run;
-    if (ioctl(sb->vcpu_fd, KVM_SET_CPUID2, kvm_supported_cpuid()) < 0)
+    if (injected(sb, AB_CREATE_FAIL_CPUID) ||
+        ioctl(sb->vcpu_fd, KVM_SET_CPUID2, kvm_supported_cpuid()) < 0)
         return IOCTL_FAIL("KVM_SET_CPUID2");
     int rc = set_initial_registers(sb, errbuf, errlen);
     if (rc)
         return rc;
+    if (injected(sb, AB_CREATE_FAIL_END))
+        return ab_fail(errbuf, errlen, errno, "VM creation failed at its "
+                       "last step (injected)");
     /* Kicks may touch kvm_run from now on (still under kick_lock). */
     pthread_mutex_lock(&sb->ih->kick_lock);
     sb->ih->run = sb->run;

@@ -178,6 +178,15 @@ int ab_interrupt_dropped(ab_interrupt *ih);
  * immediate_exit nor a signal), as if the signal had been lost, so only
  * the retries can stop the vCPU. */
 void ab_interrupt_lose_kicks(ab_interrupt *ih, uint32_t n);
+/* Fault injection for tests: the VM creation that ab_sandbox_start() runs
+ * fails at `step`, every one of them after kvm_run is mapped. Call between
+ * ab_sandbox_create() and ab_sandbox_start(). 0, -EINVAL (unknown step) or
+ * -EALREADY (already started). */
+#define AB_CREATE_FAIL_CPUID 1     /* KVM_SET_CPUID2 fails (EIO)              */
+#define AB_CREATE_FAIL_REGISTERS 2 /* KVM_SET_REGS fails (EIO)                */
+#define AB_CREATE_FAIL_END 3       /* every step succeeds, then vm_create
+                                      fails before the vCPU is usable (EIO)   */
+int ab_sandbox_inject_create_failure(ab_sandbox *sb, int step);
 /* CDEF END */
 
 #endif
