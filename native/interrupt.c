@@ -139,6 +139,24 @@ static uint64_t now_ns(void)
     return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
 }
 
+/* Whether a kick can reach the vCPU at all: the sandbox is not dropped and
+ * its VM exists. vm_create() hands kvm_run to the handle only once the vCPU
+ * is fully usable, and teardown takes it back (interrupt_set_dropped()).
+ * Caller holds kick_lock. */
+static bool kick_target_locked(const struct ab_interrupt *ih)
+{
+    return !atomic_load_explicit(&ih->dropped, memory_order_acquire) &&
+           ih->run != NULL;
+}
+
+static bool has_kick_target(struct ab_interrupt *ih)
+{
+    pthread_mutex_lock(&ih->kick_lock);
+    bool target = kick_target_locked(ih);
+    pthread_mutex_unlock(&ih->kick_lock);
+    return target;
+}
+
 /* One kick: if the vCPU is running with CANCEL set, set immediate_exit and
  * signal its thread. Returns whether a signal was sent.
  *
@@ -153,8 +171,7 @@ int ab_interrupt_kick(ab_interrupt *ih)
     int sent = 0;
     pthread_mutex_lock(&ih->kick_lock);
     uint8_t state = atomic_load_explicit(&ih->state, memory_order_acquire);
-    bool dropped = atomic_load_explicit(&ih->dropped, memory_order_acquire);
-    bool wanted = !dropped && ih->run && (state & AB_RUNNING_BIT) &&
+    bool wanted = kick_target_locked(ih) && (state & AB_RUNNING_BIT) &&
                   (state & (AB_CANCEL_BIT | AB_DEBUG_INTERRUPT_BIT));
     if (wanted && ih->lose_kicks) {
         ih->lose_kicks--; /* injected loss: as if the signal never came */
@@ -217,11 +234,16 @@ int ab_interrupt_kill(ab_interrupt *ih)
         .tv_sec = (time_t)(ih->retry_delay_ns / 1000000000ull),
         .tv_nsec = (long)(ih->retry_delay_ns % 1000000000ull),
     };
-    /* As in the seed: keep signalling while the vCPU runs with CANCEL set. */
+    /* As in the seed: keep signalling while the vCPU runs with CANCEL set —
+     * and, unlike the seed, only while a kick can reach it. Without a kick
+     * target (the sandbox is dropped, or its VM was never created) every
+     * kick is a no-op, so waiting for RUNNING to clear could only hang the
+     * caller. vm_create() makes "running but no target" impossible; this
+     * condition keeps kill() from spinning should it ever happen. */
     for (;;) {
         uint8_t state = atomic_load_explicit(&ih->state, memory_order_acquire);
         if (!(state & AB_RUNNING_BIT) || !(state & AB_CANCEL_BIT) ||
-            atomic_load_explicit(&ih->dropped, memory_order_acquire))
+            !has_kick_target(ih))
             break;
         while (nanosleep(&delay, &delay) != 0 && errno == EINTR)
             ;

@@ -89,7 +89,9 @@ static int set_initial_registers(struct ab_sandbox *sb, char *errbuf,
     return 0;
 }
 
-int vm_create(struct ab_sandbox *sb, char *errbuf, size_t errlen)
+/* Every step of vm_create() but the last; on failure it may leave some of
+ * them done, for vm_create() to undo. */
+static int vm_build(struct ab_sandbox *sb, char *errbuf, size_t errlen)
 {
     int kvm = kvm_fd(errbuf, errlen);
     if (kvm < 0)
@@ -126,6 +128,30 @@ int vm_create(struct ab_sandbox *sb, char *errbuf, size_t errlen)
     if (injected(sb, AB_CREATE_FAIL_END))
         return ab_fail(errbuf, errlen, errno, "VM creation failed at its "
                        "last step (injected)");
+    return 0;
+}
+
+/* Create the VM, its memory slot and the vCPU, map kvm_run and set the
+ * initial registers. All or nothing:
+ *
+ *  - on success the vCPU is fully initialised, and only then is kvm_run
+ *    handed to the interrupt handle (ih->run): from that point kicks may
+ *    set immediate_exit, so a running vCPU can always be stopped;
+ *  - on failure every step taken is undone (kvm_run unmapped, vCPU and VM
+ *    closed): sb->run == NULL and both fds are -1, exactly as before the
+ *    call. The vCPU thread refuses to run without sb->run (vcpu.c), so no
+ *    call can enter KVM_RUN on a half-initialised vCPU, which no kick could
+ *    reach because ih->run was never set.
+ *
+ * There is no state in between: "kvm_run mapped" implies "vCPU usable and
+ * kickable". */
+int vm_create(struct ab_sandbox *sb, char *errbuf, size_t errlen)
+{
+    int rc = vm_build(sb, errbuf, errlen);
+    if (rc) {
+        vm_destroy(sb);
+        return rc;
+    }
     /* Kicks may touch kvm_run from now on (still under kick_lock). */
     pthread_mutex_lock(&sb->ih->kick_lock);
     sb->ih->run = sb->run;
@@ -133,6 +159,9 @@ int vm_create(struct ab_sandbox *sb, char *errbuf, size_t errlen)
     return 0;
 }
 
+/* Undo vm_create(), or whatever part of it was done. Idempotent. Callers
+ * make sure no kick can touch kvm_run any more (interrupt_set_dropped())
+ * unless it was never handed to the interrupt handle. */
 void vm_destroy(struct ab_sandbox *sb)
 {
     if (sb->run)

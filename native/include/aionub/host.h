@@ -165,7 +165,9 @@ uint64_t ab_snapshot_bytes(const ab_snapshot *snap); /* memory it holds */
 ab_interrupt *ab_sandbox_interrupt(ab_sandbox *sb); /* new reference */
 void ab_interrupt_release(ab_interrupt *ih);
 /* Set CANCEL, then signal until the vCPU is not running, sleeping
- * retry_delay between signals. True if a signal was sent. Blocks. */
+ * retry_delay between signals. True if a signal was sent. Blocks; returns
+ * at once if there is nothing a signal could stop (the sandbox is closed or
+ * its VM was never created). */
 int ab_interrupt_kill(ab_interrupt *ih);
 /* Non-blocking pieces of kill() for event loops: set CANCEL and kick once;
  * then kick() again from a timer while running() is true. Each returns
