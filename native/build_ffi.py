@@ -11,7 +11,7 @@ import pathlib
 from cffi import FFI
 
 NATIVE = pathlib.Path(__file__).resolve().parent
-SOURCES = ["kvm.c", "elf.c", "memory.c", "interrupt.c", "vm.c", "vcpu.c", "sandbox.c", "snapshot.c"]
+SOURCES = ["kvm.c", "elf.c", "memory.c", "interrupt.c", "signal.c", "vm.c", "vcpu.c", "sandbox.c", "snapshot.c"]
 
 
 def _cdef() -> str:

@@ -295,7 +295,7 @@ class Sandbox:
 
     def stats(self) -> dict[str, int]:
         """Counters of this sandbox: calls, runs (KVM_RUN ioctls),
-        cancellations, signals_sent, stale_kicks."""
+        cancellations, signals_sent, stale_kicks, handler_reinstalls."""
         self._check_open()
         assert self._native is not None
         return self._native.stats()

@@ -80,6 +80,9 @@ struct ab_stats {
     uint64_t cancellations;    /* runs that ended with AB_EV_CANCELLED         */
     uint64_t signals_sent;     /* kick signals sent to the vCPU thread         */
     uint64_t stale_kicks;      /* EINTR without CANCEL: guest re-entered       */
+    uint64_t handler_reinstalls; /* kick handler found replaced (SIG_DFL,
+                                    SIG_IGN, another handler) and re-installed
+                                    before a kick or at creation               */
 };
 
 /* Open /dev/kvm (once per process) and check the API. 0 or -errno; errbuf
