@@ -12,7 +12,9 @@ was ever created."""
 
 from __future__ import annotations
 
+import errno
 import json
+import signal
 import subprocess
 import sys
 import textwrap
@@ -20,9 +22,11 @@ import textwrap
 import pytest
 
 import aionub
+from aionub import _native
 
 AnyioBackend = tuple[str, dict[str, object]]
 
+MAX_OFFSET = signal.SIGRTMAX - signal.SIGRTMIN
 CHILD_DEADLINE = 60.0  # seconds; a sound child needs one or two
 
 # Shared by every child: the event loop to use comes from the anyio_backend
@@ -253,3 +257,44 @@ def test_process_stats_count_handler_reinstalls() -> None:
     stats = aionub.process_stats()
     assert "handler_reinstalls" in stats
     assert isinstance(stats["handler_reinstalls"], int) and stats["handler_reinstalls"] >= 0
+
+
+# ---- sig_rt_min_offset covers exactly SIGRTMIN..SIGRTMAX -------------------------
+
+
+@pytest.mark.anyio
+async def test_the_largest_offset_stops_the_guest() -> None:
+    async with aionub.Sandbox.create(aionub.DEMO_GUEST, sig_rt_min_offset=MAX_OFFSET) as sb:
+        with pytest.raises(aionub.CallTimeout):
+            await sb.call("spin", timeout=0.05)
+        assert sb.stats()["signals_sent"] >= 1
+        handle = sb.interrupt_handle()
+        assert handle.kill() is False  # nothing running: no signal
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("offset", [MAX_OFFSET + 1, MAX_OFFSET + 2, 64, -1])
+async def test_offset_outside_sigrtmin_to_sigrtmax_is_rejected(offset: int) -> None:
+    message = rf"sig_rt_min_offset must be between 0 and {MAX_OFFSET} \(SIGRTMIN\.\.SIGRTMAX\), got {offset}"
+    with pytest.raises(ValueError, match=message):
+        aionub.SandboxConfig(sig_rt_min_offset=offset).validate()
+    with pytest.raises(ValueError, match=message):
+        await aionub.Sandbox.create(aionub.DEMO_GUEST, sig_rt_min_offset=offset)
+
+
+@pytest.mark.parametrize(
+    ("offset", "valid"), [(0, True), (MAX_OFFSET, True), (MAX_OFFSET + 1, False), (2**32 - 1, False)]
+)
+def test_native_validation_of_the_offset(offset: int, valid: bool) -> None:
+    with open(aionub.DEMO_GUEST, "rb") as f:
+        image = f.read()
+    cfg = aionub.SandboxConfig().to_native()
+    cfg.sig_rt_min_offset = offset
+    buf = _native.ffi.new("char[]", 512)
+    rc = _native.lib.ab_elf_validate(cfg, image, len(image), buf, 512)
+    message = _native.ffi.string(buf).decode()
+    if valid:
+        assert rc == 0, message
+    else:
+        assert rc == -errno.EINVAL
+        assert message == f"config: sig_rt_min_offset must be between 0 and {MAX_OFFSET}, got {offset}"
