@@ -16,6 +16,7 @@ SOURCES = [
     "elf.c",
     "memory.c",
     "interrupt.c",
+    "signal.c",
     "vm.c",
     "vcpu.c",
     "vcpustate.c",

@@ -84,9 +84,8 @@ struct ab_interrupt {
     struct kvm_run *run;      /* for immediate_exit                         */
     uint64_t last_signal_ns;  /* when kick() last signalled (kick_lock)      */
     uint32_t lose_kicks;      /* fault injection (kick_lock)                */
-    _Atomic uint64_t *signals_sent; /* the owning sandbox's counter          */
+    struct ab_counters *counters; /* the owning sandbox's (while !dropped) */
 };
-int interrupt_install_handler(int signo);
 struct ab_interrupt *interrupt_new(uint64_t retry_delay_ns, int signo);
 void interrupt_set_tid(struct ab_interrupt *ih);
 uint8_t interrupt_set_running(struct ab_interrupt *ih); /* returns old state */
@@ -127,9 +126,21 @@ int vcpu_state_get(struct ab_sandbox *sb, struct vcpu_state *st,
 int vcpu_state_set(struct ab_sandbox *sb, const struct vcpu_state *st,
                    const char **what);
 
+/* ---- signal.c: the kick signal's handler --------------------------------------
+ * Make sure the kick handler is the one installed for `signo` (a signal in
+ * SIGRTMIN..SIGRTMAX), installing it the first time and re-installing it,
+ * counted in handler_reinstalls of the process and of `counters` (may be
+ * NULL), if it was replaced. 0 or -errno. Called at sandbox creation and
+ * before every kick signal. */
+struct ab_counters;
+int kick_signal_ensure(int signo, struct ab_counters *counters);
+/* The calling thread is a vCPU thread: kicks aimed at it are ours. */
+void kick_signal_mark_vcpu_thread(void);
+
 /* ---- stats ------------------------------------------------------------------ */
 struct ab_counters {
-    _Atomic uint64_t calls, runs, cancellations, signals_sent, stale_kicks;
+    _Atomic uint64_t calls, runs, cancellations, signals_sent, stale_kicks,
+        handler_reinstalls;
 };
 extern struct ab_counters ab_process_counters;
 #define AB_COUNT(sb, field)                                                   \
@@ -188,6 +199,7 @@ struct ab_sandbox {
     uint32_t inject_unsettled;
     uint64_t rebuilds;        /* VMs rebuilt by restore (stats)             */
     struct ab_counters counters;
+    int inject_create_failure; /* AB_CREATE_FAIL_* or 0 (fault injection) */
 };
 
 int vm_create(struct ab_sandbox *sb, char *errbuf, size_t errlen);

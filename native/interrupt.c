@@ -12,6 +12,9 @@
  * fetch_or(RUNNING), the thread sees CANCEL and never enters the guest;
  * otherwise kill() sees RUNNING and signals. docs/cancellation.md numbers
  * the timing points.
+ *
+ * The signal's handler lives in signal.c; a kick makes sure it is installed
+ * before every signal it sends.
  */
 #include "internal.h"
 
@@ -20,40 +23,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-#define MAX_SIGNALS 32
-
-static pthread_mutex_t handler_lock = PTHREAD_MUTEX_INITIALIZER;
-static bool handler_installed[MAX_SIGNALS];
-
-static void noop_handler(int signo, siginfo_t *info, void *ctx)
-{
-    (void)signo, (void)info, (void)ctx; /* the EINTR is the whole point */
-}
-
-/* Install the no-op kick handler for `signo` once per process: SA_SIGINFO,
- * and deliberately no SA_RESTART so KVM_RUN returns EINTR. */
-int interrupt_install_handler(int signo)
-{
-    int index = signo - SIGRTMIN;
-    if (index < 0 || index >= MAX_SIGNALS || signo > SIGRTMAX)
-        return -EINVAL;
-    pthread_mutex_lock(&handler_lock);
-    int rc = 0;
-    if (!handler_installed[index]) {
-        struct sigaction sa;
-        memset(&sa, 0, sizeof sa);
-        sa.sa_sigaction = noop_handler;
-        sa.sa_flags = SA_SIGINFO;
-        sigemptyset(&sa.sa_mask);
-        if (sigaction(signo, &sa, NULL) == 0)
-            handler_installed[index] = true;
-        else
-            rc = -errno;
-    }
-    pthread_mutex_unlock(&handler_lock);
-    return rc;
-}
 
 struct ab_interrupt *interrupt_new(uint64_t retry_delay_ns, int signo)
 {
@@ -139,6 +108,24 @@ static uint64_t now_ns(void)
     return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
 }
 
+/* Whether a kick can reach the vCPU at all: the sandbox is not dropped and
+ * its VM exists. vm_create() hands kvm_run to the handle only once the vCPU
+ * is fully usable, and teardown takes it back (interrupt_set_dropped()).
+ * Caller holds kick_lock. */
+static bool kick_target_locked(const struct ab_interrupt *ih)
+{
+    return !atomic_load_explicit(&ih->dropped, memory_order_acquire) &&
+           ih->run != NULL;
+}
+
+static bool has_kick_target(struct ab_interrupt *ih)
+{
+    pthread_mutex_lock(&ih->kick_lock);
+    bool target = kick_target_locked(ih);
+    pthread_mutex_unlock(&ih->kick_lock);
+    return target;
+}
+
 /* One kick: if the vCPU is running with CANCEL set, set immediate_exit and
  * signal its thread. Returns whether a signal was sent.
  *
@@ -153,8 +140,7 @@ int ab_interrupt_kick(ab_interrupt *ih)
     int sent = 0;
     pthread_mutex_lock(&ih->kick_lock);
     uint8_t state = atomic_load_explicit(&ih->state, memory_order_acquire);
-    bool dropped = atomic_load_explicit(&ih->dropped, memory_order_acquire);
-    bool wanted = !dropped && ih->run && (state & AB_RUNNING_BIT) &&
+    bool wanted = kick_target_locked(ih) && (state & AB_RUNNING_BIT) &&
                   (state & (AB_CANCEL_BIT | AB_DEBUG_INTERRUPT_BIT));
     if (wanted && ih->lose_kicks) {
         ih->lose_kicks--; /* injected loss: as if the signal never came */
@@ -171,10 +157,17 @@ int ab_interrupt_kick(ab_interrupt *ih)
             (pthread_t)atomic_load_explicit(&ih->tid, memory_order_acquire);
         if (unconsumed && now - ih->last_signal_ns < ih->retry_delay_ns) {
             /* the previous signal is still on its way */
+        } else if (kick_signal_ensure(ih->signo, ih->counters) < 0) {
+            /* [S3] Never signal unless our handler is installed: under
+             * SIG_DFL the signal would end the process. The check cannot
+             * fail for a signal that passed creation; if it did, the next
+             * kick tries again. A handler replaced between this check and
+             * the delivery is the residual race docs/cancellation.md
+             * describes. */
         } else if (pthread_kill(tid, ih->signo) == 0) {
             ih->last_signal_ns = now;
             sent = 1;
-            atomic_fetch_add_explicit(ih->signals_sent, 1,
+            atomic_fetch_add_explicit(&ih->counters->signals_sent, 1,
                                       memory_order_relaxed);
             atomic_fetch_add_explicit(&ab_process_counters.signals_sent, 1,
                                       memory_order_relaxed);
@@ -217,11 +210,16 @@ int ab_interrupt_kill(ab_interrupt *ih)
         .tv_sec = (time_t)(ih->retry_delay_ns / 1000000000ull),
         .tv_nsec = (long)(ih->retry_delay_ns % 1000000000ull),
     };
-    /* As in the seed: keep signalling while the vCPU runs with CANCEL set. */
+    /* As in the seed: keep signalling while the vCPU runs with CANCEL set —
+     * and, unlike the seed, only while a kick can reach it. Without a kick
+     * target (the sandbox is dropped, or its VM was never created) every
+     * kick is a no-op, so waiting for RUNNING to clear could only hang the
+     * caller. vm_create() makes "running but no target" impossible; this
+     * condition keeps kill() from spinning should it ever happen. */
     for (;;) {
         uint8_t state = atomic_load_explicit(&ih->state, memory_order_acquire);
         if (!(state & AB_RUNNING_BIT) || !(state & AB_CANCEL_BIT) ||
-            atomic_load_explicit(&ih->dropped, memory_order_acquire))
+            !has_kick_target(ih))
             break;
         while (nanosleep(&delay, &delay) != 0 && errno == EINTR)
             ;

@@ -5,6 +5,7 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <string.h>
 
 #define PAGE AB_PAGE_SIZE
@@ -95,10 +96,12 @@ int memory_check_config(const struct ab_config *cfg, char *errbuf,
                        (unsigned long long)cfg->memory_size,
                        (unsigned long long)reserved,
                        (unsigned long long)AB_IMAGE_BASE);
-    if (cfg->sig_rt_min_offset > 31)
+    /* The kick signal SIGRTMIN + offset must be a real-time signal. */
+    int max_offset = SIGRTMAX - SIGRTMIN;
+    if (cfg->sig_rt_min_offset > (uint32_t)max_offset)
         return ab_fail(errbuf, errlen, EINVAL,
-                       "config: sig_rt_min_offset must be at most 31, got %u",
-                       cfg->sig_rt_min_offset);
+                       "config: sig_rt_min_offset must be between 0 and %d, "
+                       "got %u", max_offset, cfg->sig_rt_min_offset);
     return 0;
 }
 

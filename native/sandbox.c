@@ -95,10 +95,10 @@ int ab_sandbox_create(const struct ab_config *config, const uint8_t *elf,
     sb->vm_fd = sb->vcpu_fd = -1;
     atomic_init(&sb->notify_fd, -1);
     int signo = SIGRTMIN + (int)config->sig_rt_min_offset;
-    rc = interrupt_install_handler(signo);
+    rc = kick_signal_ensure(signo, &sb->counters);
     if (rc) {
         ab_fail(errbuf, errlen, -rc, "cannot install the handler for "
-                "SIGRTMIN+%u", config->sig_rt_min_offset);
+                "SIGRTMIN+%u: %s", config->sig_rt_min_offset, strerror(-rc));
         goto fail;
     }
     sb->ih = interrupt_new(config->retry_delay_ns, signo);
@@ -106,7 +106,7 @@ int ab_sandbox_create(const struct ab_config *config, const uint8_t *elf,
         rc = ab_fail(errbuf, errlen, ENOMEM, "out of memory");
         goto fail;
     }
-    sb->ih->signals_sent = &sb->counters.signals_sent;
+    sb->ih->counters = &sb->counters;
     /* MAP_NORESERVE: only the pages the guest touches cost anything. */
     void *mem = mmap(NULL, sb->layout.memory_size, PROT_READ | PROT_WRITE,
                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -178,6 +178,18 @@ int ab_sandbox_start(ab_sandbox *sb, int notify_fd)
         return -EALREADY;
     sb->started = true;
     return submit(sb, AB_CMD_CREATE, notify_fd);
+}
+
+int ab_sandbox_inject_create_failure(ab_sandbox *sb, int step)
+{
+    if (step < AB_CREATE_FAIL_CPUID || step > AB_CREATE_FAIL_END)
+        return -EINVAL;
+    if (sb->started)
+        return -EALREADY;
+    /* Read by the vCPU thread after it sees the CREATE command, which
+     * ab_sandbox_start() stores with seq_cst after this. */
+    sb->inject_create_failure = step;
+    return 0;
 }
 
 int ab_sandbox_submit(ab_sandbox *sb, uint32_t cmd, int notify_fd)
@@ -298,6 +310,8 @@ static void read_counters(const struct ab_counters *c, struct ab_stats *out)
         atomic_load_explicit(&c->signals_sent, memory_order_relaxed);
     out->stale_kicks =
         atomic_load_explicit(&c->stale_kicks, memory_order_relaxed);
+    out->handler_reinstalls =
+        atomic_load_explicit(&c->handler_reinstalls, memory_order_relaxed);
 }
 
 void ab_sandbox_stats(ab_sandbox *sb, struct ab_stats *out)

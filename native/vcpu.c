@@ -271,6 +271,7 @@ void *vcpu_thread_main(void *arg)
     sigdelset(&set, sb->ih->signo);
     pthread_sigmask(SIG_SETMASK, &set, NULL);
     pthread_setname_np(pthread_self(), "aionub-vcpu");
+    kick_signal_mark_vcpu_thread();
     /* The thread owns the vCPU for the sandbox's whole life. */
     interrupt_set_tid(sb->ih);
 

@@ -29,6 +29,16 @@
 #define IOCTL_FAIL(what)                                                      \
     ab_fail(errbuf, errlen, errno, "%s failed: %s", what, strerror(errno))
 
+/* Fault injection (ab_sandbox_inject_create_failure): true, with errno set
+ * as the failing ioctl would, if `step` is to fail. */
+static bool injected(const struct ab_sandbox *sb, int step)
+{
+    if (sb->inject_create_failure != step)
+        return false;
+    errno = EIO;
+    return true;
+}
+
 static void set_segments(struct kvm_sregs *s)
 {
     struct kvm_segment code = {
@@ -73,12 +83,15 @@ static int set_initial_registers(struct ab_sandbox *sb, char *errbuf,
     r.rsp = sb->layout.stack_addr + sb->layout.stack_size;
     r.rdi = AB_BOOT_INFO_ADDR;
     r.rflags = 0x2; /* IF=0, IOPL=0: port I/O only through the TSS bitmap */
-    if (ioctl(sb->vcpu_fd, KVM_SET_REGS, &r) < 0)
+    if (injected(sb, AB_CREATE_FAIL_REGISTERS) ||
+        ioctl(sb->vcpu_fd, KVM_SET_REGS, &r) < 0)
         return IOCTL_FAIL("KVM_SET_REGS");
     return 0;
 }
 
-int vm_create(struct ab_sandbox *sb, char *errbuf, size_t errlen)
+/* Every step of vm_create() but the last; on failure it may leave some of
+ * them done, for vm_create() to undo. */
+static int vm_build(struct ab_sandbox *sb, char *errbuf, size_t errlen)
 {
     int kvm = kvm_fd(errbuf, errlen);
     if (kvm < 0)
@@ -106,7 +119,8 @@ int vm_create(struct ab_sandbox *sb, char *errbuf, size_t errlen)
         return ab_fail(errbuf, errlen, errno, "mmap of kvm_run failed: %s",
                        strerror(errno));
     sb->run = run;
-    if (ioctl(sb->vcpu_fd, KVM_SET_CPUID2, kvm_supported_cpuid()) < 0)
+    if (injected(sb, AB_CREATE_FAIL_CPUID) ||
+        ioctl(sb->vcpu_fd, KVM_SET_CPUID2, kvm_supported_cpuid()) < 0)
         return IOCTL_FAIL("KVM_SET_CPUID2");
     /* The XSAVE buffer size, asked of the VM as the KVM API says (it may
      * exceed 4 KiB with dynamically enabled components); 0 without
@@ -118,6 +132,33 @@ int vm_create(struct ab_sandbox *sb, char *errbuf, size_t errlen)
     int rc = set_initial_registers(sb, errbuf, errlen);
     if (rc)
         return rc;
+    if (injected(sb, AB_CREATE_FAIL_END))
+        return ab_fail(errbuf, errlen, errno, "VM creation failed at its "
+                       "last step (injected)");
+    return 0;
+}
+
+/* Create the VM, its memory slot and the vCPU, map kvm_run and set the
+ * initial registers. All or nothing:
+ *
+ *  - on success the vCPU is fully initialised, and only then is kvm_run
+ *    handed to the interrupt handle (ih->run): from that point kicks may
+ *    set immediate_exit, so a running vCPU can always be stopped;
+ *  - on failure every step taken is undone (kvm_run unmapped, vCPU and VM
+ *    closed): sb->run == NULL and both fds are -1, exactly as before the
+ *    call. The vCPU thread refuses to run without sb->run (vcpu.c), so no
+ *    call can enter KVM_RUN on a half-initialised vCPU, which no kick could
+ *    reach because ih->run was never set.
+ *
+ * There is no state in between: "kvm_run mapped" implies "vCPU usable and
+ * kickable". */
+int vm_create(struct ab_sandbox *sb, char *errbuf, size_t errlen)
+{
+    int rc = vm_build(sb, errbuf, errlen);
+    if (rc) {
+        vm_destroy(sb);
+        return rc;
+    }
     /* Kicks may touch kvm_run from now on (still under kick_lock). */
     pthread_mutex_lock(&sb->ih->kick_lock);
     sb->ih->run = sb->run;
@@ -125,6 +166,9 @@ int vm_create(struct ab_sandbox *sb, char *errbuf, size_t errlen)
     return 0;
 }
 
+/* Undo vm_create(), or whatever part of it was done. Idempotent. Callers
+ * make sure no kick can touch kvm_run any more (interrupt_set_dropped())
+ * unless it was never handed to the interrupt handle. */
 void vm_destroy(struct ab_sandbox *sb)
 {
     /* No kick may touch kvm_run once it is unmapped (teardown has already

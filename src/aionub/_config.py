@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import signal
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,8 @@ __all__ = ("SandboxConfig",)
 KiB = 1024
 MiB = 1024 * KiB
 _PAGE = 4096
+#: The largest sig_rt_min_offset: SIGRTMIN + offset may not pass SIGRTMAX (30 with glibc).
+MAX_SIG_RT_MIN_OFFSET = signal.SIGRTMAX - signal.SIGRTMIN
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +37,8 @@ class SandboxConfig:
     #: InterruptHandle.kill() and the event loop re-send the kick signal at
     #: this interval until the vCPU has stopped.
     interrupt_retry_delay: float = 0.0005
-    #: The kick signal is SIGRTMIN + this offset.
+    #: The kick signal is SIGRTMIN + this offset, at most SIGRTMAX - SIGRTMIN
+    #: (docs/cancellation.md, "The kick signal").
     sig_rt_min_offset: int = 0
     #: Creation fails with InvalidGuest if the guest is not ready by then.
     init_timeout: float = 5.0
@@ -77,8 +81,10 @@ class SandboxConfig:
         offset = self.sig_rt_min_offset
         if not isinstance(offset, int) or isinstance(offset, bool):
             raise TypeError(f"sig_rt_min_offset must be an int, not {type(offset).__name__}")
-        if not 0 <= offset <= 31:
-            raise ValueError(f"sig_rt_min_offset must be between 0 and 31, got {offset}")
+        if not 0 <= offset <= MAX_SIG_RT_MIN_OFFSET:
+            raise ValueError(
+                f"sig_rt_min_offset must be between 0 and {MAX_SIG_RT_MIN_OFFSET} (SIGRTMIN..SIGRTMAX), got {offset}"
+            )
 
     def to_native(self) -> Any:
         cfg = ffi.new("struct ab_config *")

@@ -32,7 +32,7 @@ CMD_RESUME = lib.AB_CMD_RESUME
 EXIT_SHUTDOWN = lib.AB_EXIT_SHUTDOWN
 EAGAIN = -errno.EAGAIN
 
-STATS_FIELDS = ("calls", "runs", "cancellations", "signals_sent", "stale_kicks")
+STATS_FIELDS = ("calls", "runs", "cancellations", "signals_sent", "stale_kicks", "handler_reinstalls")
 
 
 def _message(buf: Any) -> str:

@@ -199,7 +199,7 @@ class Sandbox:
 
     def stats(self) -> dict[str, int]:
         """Counters of this sandbox: calls, runs (KVM_RUN ioctls),
-        cancellations, signals_sent, stale_kicks."""
+        cancellations, signals_sent, stale_kicks, handler_reinstalls."""
         self._engine.check_open()
         native = self._engine.native
         assert native is not None

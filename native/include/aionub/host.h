@@ -80,6 +80,9 @@ struct ab_stats {
     uint64_t cancellations;    /* runs that ended with AB_EV_CANCELLED         */
     uint64_t signals_sent;     /* kick signals sent to the vCPU thread         */
     uint64_t stale_kicks;      /* EINTR without CANCEL: guest re-entered       */
+    uint64_t handler_reinstalls; /* kick handler found replaced (SIG_DFL,
+                                    SIG_IGN, another handler) and re-installed
+                                    before a kick or at creation               */
 };
 
 /* Open /dev/kvm (once per process) and check the API. 0 or -errno; errbuf
@@ -281,7 +284,9 @@ int ab_xsave_components(struct ab_xsave_component *out, uint32_t max);
 ab_interrupt *ab_sandbox_interrupt(ab_sandbox *sb); /* new reference */
 void ab_interrupt_release(ab_interrupt *ih);
 /* Set CANCEL, then signal until the vCPU is not running, sleeping
- * retry_delay between signals. True if a signal was sent. Blocks. */
+ * retry_delay between signals. True if a signal was sent. Blocks; returns
+ * at once if there is nothing a signal could stop (the sandbox is closed or
+ * its VM was never created). */
 int ab_interrupt_kill(ab_interrupt *ih);
 /* Non-blocking pieces of kill() for event loops: set CANCEL and kick once;
  * then kick() again from a timer while running() is true. Each returns
@@ -294,6 +299,15 @@ int ab_interrupt_dropped(ab_interrupt *ih);
  * immediate_exit nor a signal), as if the signal had been lost, so only
  * the retries can stop the vCPU. */
 void ab_interrupt_lose_kicks(ab_interrupt *ih, uint32_t n);
+/* Fault injection for tests: the VM creation that ab_sandbox_start() runs
+ * fails at `step`, every one of them after kvm_run is mapped. Call between
+ * ab_sandbox_create() and ab_sandbox_start(). 0, -EINVAL (unknown step) or
+ * -EALREADY (already started). */
+#define AB_CREATE_FAIL_CPUID 1     /* KVM_SET_CPUID2 fails (EIO)              */
+#define AB_CREATE_FAIL_REGISTERS 2 /* KVM_SET_REGS fails (EIO)                */
+#define AB_CREATE_FAIL_END 3       /* every step succeeds, then vm_create
+                                      fails before the vCPU is usable (EIO)   */
+int ab_sandbox_inject_create_failure(ab_sandbox *sb, int step);
 /* CDEF END */
 
 #endif
