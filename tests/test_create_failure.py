@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from procinfo import vcpu_threads
+from procinfo import settled_vcpu_threads, vcpu_threads
 
 import aionub
 from aionub import _native
@@ -177,10 +177,10 @@ async def test_sandbox_create_reports_a_failed_vm_creation_and_leaks_nothing(
             assert lib.ab_sandbox_inject_create_failure(self.ptr, step) == 0
 
     monkeypatch.setattr(aionub._sandbox, "NativeSandbox", FailingNativeSandbox)
-    with pytest.raises(aionub.SandboxError, match=f"cannot create the VM: {STEPS[step]}"):
+    with pytest.raises(aionub.VmError, match=f"cannot create the VM: {STEPS[step]}"):
         await aionub.Sandbox.create(aionub.DEMO_GUEST)
     monkeypatch.undo()
-    assert vcpu_threads() == threads
+    assert settled_vcpu_threads(threads) == threads
     assert _open_fds() == fds
     # The process is fine: the next sandbox works.
     async with aionub.Sandbox.create(aionub.DEMO_GUEST) as sb:

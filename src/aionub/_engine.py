@@ -146,6 +146,8 @@ class Engine:
         except InvalidGuest:
             raise
         except SandboxError as exc:
+            if native.event.kind == _native.EV_CREATE_FAILED:
+                raise  # the host could not create the VM (VmError): not the guest's fault
             raise InvalidGuest(f"guest {self.label} failed during initialisation: {exc}") from exc
         if timed_out:
             raise InvalidGuest(f"guest {self.label} did not become ready within {self.config.init_timeout} s")
