@@ -99,14 +99,18 @@ class Engine:
 
     def check_open(self) -> None:
         self.lifecycle.check_open()
+        self._check_process()
+
+    def check_usable(self) -> None:
+        """Open and not poisoned (on the call path: one check of each)."""
+        self.lifecycle.check_usable()
+        self._check_process()
+
+    def _check_process(self) -> None:
         if self.generation != _fork_generation:
             raise SandboxError(
                 f"{self.lifecycle.label} belongs to the parent process; a forked child must create its own"
             )
-
-    def check_usable(self) -> None:
-        self.check_open()
-        self.lifecycle.check_usable()
 
     # ---- bindings ----------------------------------------------------------------------
 
