@@ -9,7 +9,7 @@ thousand with hypothesis in the suite).
 Targets (all of them pure host code: no /dev/kvm needed):
 
     value     Reader.value() on a value record
-    table     decode_function_table()
+    table     decode_ready()
     hostcall  a host-call request: name, decode_args()
     result    decode_result(): a call's result record against a random
               declared return type
@@ -51,7 +51,7 @@ from aionub._errors import event_error
 from aionub._exceptions import POISONING, GuestFunctionNotFound, GuestProtocolError
 from aionub._hostcalls import GuestServices
 from aionub._results import decode_result
-from aionub._wire import Reader, decode_args, decode_function_table, encode_string, encode_value
+from aionub._wire import Reader, decode_args, decode_ready, encode_string, encode_value
 
 TARGETS = ("value", "table", "hostcall", "result", "log", "event", "elf")
 CHUNK = 20_000
@@ -181,8 +181,11 @@ def check_value(data: bytes, rng: random.Random) -> bool:
 
 
 def check_table(data: bytes, rng: random.Random) -> bool:
-    kind, table = tail_independent(decode_function_table, data, rng)
+    kind, ready = tail_independent(decode_ready, data, rng)
     if kind == "ok":
+        table, flags = ready
+        if flags & ~_abi.READY_FLAGS:
+            raise Failure(f"accepted unknown READY flags 0x{flags:x}")
         for name, fn in table.items():
             if not (0 < len(name.encode()) <= _abi.MAX_NAME and 0 <= fn.returns <= _abi.TAG_LAST
                     and len(fn.params) <= _abi.MAX_PARAMS and all(1 <= p <= _abi.TAG_LAST for p in fn.params)):

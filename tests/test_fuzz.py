@@ -24,7 +24,7 @@ from aionub._errors import event_error
 from aionub._exceptions import GuestProtocolError
 from aionub._hostcalls import GuestServices
 from aionub._results import decode_result
-from aionub._wire import GuestFunction, Reader, decode_args, decode_function_table, encode_string, encode_value
+from aionub._wire import GuestFunction, Reader, decode_args, decode_ready, encode_string, encode_value
 
 pytestmark = pytest.mark.no_kvm
 
@@ -108,8 +108,10 @@ def test_value_decoder(data: bytes, cut: int, tail_a: bytes, tail_b: bytes) -> N
 @FUZZ
 @given(records(), st.integers(0, 400), st.binary(max_size=8), st.binary(min_size=1, max_size=8))
 def test_function_table_decoder(data: bytes, cut: int, tail_a: bytes, tail_b: bytes) -> None:
-    kind, table = tail_independent(decode_function_table, data, cut, tail_a, tail_b)
+    kind, table = tail_independent(decode_ready, data, cut, tail_a, tail_b)
     if kind == "ok":
+        table, flags = table
+        assert flags & ~_abi.READY_FLAGS == 0
         for name, fn in table.items():
             assert fn.name == name and 0 < len(name.encode()) <= _abi.MAX_NAME
             assert 0 <= fn.returns <= _abi.TAG_LAST
@@ -169,9 +171,9 @@ signatures = st.lists(
 def test_valid_function_tables_round_trip(functions: list[tuple[str, int, list[int]]]) -> None:
     table = struct.pack("<I", len(functions)) + b"".join(
         encode_string(n.encode()) + bytes([r, len(p), *p]) for n, r, p in functions
-    )
-    decoded = decode_function_table(memoryview(table), len(table))
-    assert decoded == {n: GuestFunction(n, tuple(p), r) for n, r, p in functions}
+    ) + struct.pack("<I", _abi.READY_HAS_MAIN)
+    decoded = decode_ready(memoryview(table), len(table))
+    assert decoded == ({n: GuestFunction(n, tuple(p), r) for n, r, p in functions}, _abi.READY_HAS_MAIN)
 
 
 # ---- the result, log and host-call decoders (without a VM) -----------------------------------

@@ -137,8 +137,8 @@ async def test_stack_size_bounds_recursion(guest: Path, stack_size: int, fits: i
 
 async def test_input_size_bounds_the_arguments(guest: Path) -> None:
     async with aionub.Sandbox.create(guest, input_size=4096) as sb:
-        # name "arg_size" (4 + 8 + 1), nargs (1), tag (1), length (4), data, NUL (1)
-        largest = 4096 - 13 - 1 - 1 - 4 - 1
+        # kind (1), name "arg_size" (4 + 8 + 1), nargs (1), tag (1), length (4), data, NUL (1)
+        largest = 4096 - 1 - 13 - 1 - 1 - 4 - 1
         assert await sb.call("arg_size", b"a" * largest) == largest
         with pytest.raises(ValueError, match="4096-byte input buffer"):
             await sb.call("arg_size", b"a" * (largest + 1))

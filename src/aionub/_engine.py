@@ -16,7 +16,7 @@ from typing import Any
 
 import anyio
 
-from . import _native
+from . import _abi, _native
 from ._binding import Binding, Deferred, deliver, new_binding, running_loop, sleep_through
 from ._config import SandboxConfig
 from ._errors import event_error
@@ -40,7 +40,7 @@ from ._native import (
     lib,
 )
 from ._results import decode_result
-from ._wire import GuestFunction, decode_function_table
+from ._wire import GuestFunction, decode_ready
 
 __all__ = ("Engine", "fork_generation", "now")
 
@@ -65,7 +65,7 @@ def fork_generation() -> int:
 
 class Engine:
     __slots__ = (
-        "native", "ih", "config", "lifecycle", "binding", "services", "functions",
+        "native", "ih", "config", "lifecycle", "binding", "services", "functions", "has_main",
         "input_used", "deadline", "label", "generation", "at_snapshot",
     )
 
@@ -85,6 +85,7 @@ class Engine:
         self.binding: Binding | None = None
         self.services = GuestServices(host_functions, sandbox_id, config.output_size, config.max_log_bytes)
         self.functions: dict[str, GuestFunction] = {}
+        self.has_main = False  # the guest defines main(): Sandbox.run() works
         # High-water mark of the host's writes into the input buffer since
         # the last snapshot/restore (KVM's dirty log does not see them).
         self.input_used = 0
@@ -158,7 +159,8 @@ class Engine:
         if kind != EV_READY:
             raise InvalidGuest(f"guest {self.label} returned a result before it was ready")
         try:
-            self.functions = decode_function_table(native.output, native.event.length)
+            self.functions, flags = decode_ready(native.output, native.event.length)
+            self.has_main = bool(flags & _abi.READY_HAS_MAIN)
         except GuestProtocolError as exc:
             raise InvalidGuest(f"guest {self.label}: {exc}") from None
         self.lifecycle.end()

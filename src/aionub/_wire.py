@@ -22,7 +22,7 @@ __all__ = (
     "encode_value",
     "encode_string",
     "encode_call",
-    "decode_function_table",
+    "decode_ready",
 )
 
 _U32 = struct.Struct("<I")
@@ -48,8 +48,8 @@ class GuestFunction:
         return f"{self.name}({params}) -> {_abi.TYPE_NAMES[self.returns]}"
 
     def prefix(self) -> bytes:
-        """The encoded name that starts every call request to it."""
-        return encode_string(self.name.encode())
+        """The request kind and encoded name that start every call request to it."""
+        return bytes((_abi.REQ_CALL,)) + encode_string(self.name.encode())
 
 
 def encode_string(raw: bytes) -> bytes:
@@ -212,7 +212,9 @@ def _tag(r: Reader, allow_none: bool) -> int:
     return tag
 
 
-def decode_function_table(buf: memoryview, length: int) -> dict[str, GuestFunction]:
+def decode_ready(buf: memoryview, length: int) -> tuple[dict[str, GuestFunction], int]:
+    """The READY record: the function table and the guest's flags
+    (``_abi.READY_HAS_MAIN``)."""
     r = Reader(buf, length, "function table")
     count = r.u32()
     functions: dict[str, GuestFunction] = {}
@@ -228,8 +230,11 @@ def decode_function_table(buf: memoryview, length: int) -> dict[str, GuestFuncti
             raise r.fail(f"function {name!r} declares {nparams} parameters")
         params = tuple(_tag(r, allow_none=False) for _ in range(nparams))
         functions[name] = GuestFunction(name, params, returns)
+    flags = r.u32()
+    if flags & ~_abi.READY_FLAGS:
+        raise r.fail(f"unknown flags 0x{flags:x}")
     r.done()
-    return functions
+    return functions, flags
 
 
 def decode_args(r: Reader) -> list[Any]:

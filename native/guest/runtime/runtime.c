@@ -136,6 +136,7 @@ static size_t write_function_table(void) {
         ab__put_u8(&w, e->nparams);
         ab__put(&w, e->params, e->nparams);
     }
+    ab__put_u32(&w, 0); /* flags */
     if (w.full)
         ab_abort(-1, "the function table (%zu functions) does not fit in the output buffer "
                      "(%zu bytes)", nfns, ab__out_size);
@@ -191,6 +192,9 @@ _Noreturn static void result_too_large(const struct ab_export *e, size_t len) {
 
 static size_t dispatch(void) {
     ab__reader r = {ab__in, ab__in_size, 0, false};
+    unsigned kind = ab__get_u8(&r);
+    if (kind != AB_REQ_CALL)
+        return error_result(AB_STATUS_BAD_ARGS, "malformed request: unknown kind %u", kind);
     const uint8_t *name;
     uint32_t name_len;
     if (!ab__get_lstr(&r, &name, &name_len))

@@ -12,7 +12,7 @@
 
 #include <stdint.h>
 
-#define AB_ABI_VERSION 1u
+#define AB_ABI_VERSION 2u
 #define AB_PAGE_SIZE 0x1000ull
 
 /* ---- memory layout ------------------------------------------------------ */
@@ -45,8 +45,10 @@
                                   output buffer holds the host's reply        */
 #define AB_PORT_LOG       0xE3 /* output = log record; resumed afterwards     */
 #define AB_PORT_ABORT     0xE4 /* output = abort record; never resumed        */
+#define AB_PORT_SYS       0xE5 /* output = system request (AB_SYS_*); on resume
+                                  the output buffer holds the reply           */
 #define AB_PORT_FIRST     AB_PORT_READY
-#define AB_PORT_LAST      AB_PORT_ABORT
+#define AB_PORT_LAST      AB_PORT_SYS
 #define AB_IOMAP_FIRST    0xE0
 #define AB_IOMAP_LAST     0xE7
 /* Written by the CPL0 exception stubs only (closed to CPL3). At the exit,
@@ -68,6 +70,47 @@
 #define AB_STATUS_NOT_FOUND 1 /* str follows: the unknown function name      */
 #define AB_STATUS_BAD_ARGS  2 /* str follows: what was wrong                 */
 
+#define AB_STATUS_EXIT      3 /* i32 follows: a run ended (see AB_REQ_RUN)   */
+
+/* ---- requests (input buffer, first byte) --------------------------------- */
+/* call := AB_REQ_CALL, name:string, nargs:u8, nargs x (tag, value)
+ * run  := AB_REQ_RUN, argc:u32, argc x string, envc:u32, envc x string
+ *         (strings as AB_TAG_STR values, without the tag; no NUL inside)
+ * A run calls main(argc, argv, envp) and ends with an AB_STATUS_EXIT result:
+ * code 0..255 is exit()'s status (or main's return value & 0xff), code
+ * -1..-64 means the program was ended by that signal (abort(): -6). */
+#define AB_REQ_CALL 0
+#define AB_REQ_RUN  1
+
+/* ---- the READY record ----------------------------------------------------- */
+/* ready := function table (count:u32, count x (name:string, ret:u8,
+ *          nparams:u8, tags)), flags:u32                                    */
+#define AB_READY_HAS_MAIN 1u /* the guest defines main(): it can be run      */
+
+/* ---- system requests (AB_PORT_SYS) ------------------------------------------ */
+/* request := op:u32, operands; reply := result:i64 (>= 0, or -errno), data.
+ * The C core answers the "fast" ops itself on the vCPU thread; the others
+ * reach Python. The guest runtime turns musl's system calls into these
+ * (docs/abi.md has the table). Every operand is checked by the host.      */
+#define AB_SYS_CLOCK     1  /* fast. clock:u32 (a Linux clock id) ->
+                               result 0, sec:i64, nsec:i64                   */
+#define AB_SYS_RANDOM    2  /* fast. len:u32 -> result n (<= len), n bytes
+                               from the host's CSPRNG                        */
+#define AB_SYS_SET_FS    3  /* fast. base:u64 -> result 0: sets the FS base
+                               (only without AB_BOOT_FSGSBASE)               */
+#define AB_SYS_WRITE     16 /* fd:u32, len:u32, len bytes -> result len.
+                               fd 1/2: a run's stdout/stderr, else a log
+                               record per line (INFO / WARNING)            */
+#define AB_SYS_READ      17 /* max:u32 -> result n, n bytes of the run's
+                               stdin (0 = end of input)                      */
+#define AB_SYS_STAT      18 /* path:string -> result 0, size:u64, or
+                               -ENOENT / -ENAMETOOLONG (host files)          */
+#define AB_SYS_PREAD     19 /* offset:u64, max:u32, path:string -> result n,
+                               n bytes of a host file from offset            */
+#define AB_SYS_SLEEP     20 /* ns:u64 -> result 0 after that long (deadlines
+                               and cancellation still apply)                 */
+#define AB_SYS_REPLY_HEADER 8 /* bytes of result before the data            */
+
 /* ---- host-call reply statuses ------------------------------------------ */
 #define AB_REPLY_OK    0 /* value follows                                    */
 #define AB_REPLY_ERROR 1 /* str follows: error message                       */
@@ -80,13 +123,14 @@
 struct ab_boot_info {
     uint64_t magic; /* AB_BOOT_MAGIC */
     uint32_t abi_version;
-    uint32_t reserved;
+    uint32_t flags; /* AB_BOOT_* */
     uint64_t memory_size;
     uint64_t input_addr, input_size;   /* host -> guest                      */
     uint64_t output_addr, output_size; /* guest -> host                      */
     uint64_t heap_addr, heap_size;
     uint64_t stack_addr, stack_size;   /* initial rsp = stack_addr+stack_size */
 };
+#define AB_BOOT_FSGSBASE 1u /* CR4.FSGSBASE is set: wrfsbase works at CPL3 */
 #define AB_BOOT_MAGIC 0x31425553414e4f49ull /* "IONASUB1" little-endian */
 
 #endif
