@@ -2,6 +2,7 @@
 tests with ``aionub.build_guest`` and cached for the test session.
 
 ``hostile.c`` exports one function per misbehaviour after start-up;
+``syscalls.c`` makes raw system requests (AB_PORT_SYS) built by the tests;
 ``bad_init.c`` misbehaves before the guest is ready, in the way selected by
 its stack size (``bad_init_options``)."""
 
@@ -65,3 +66,8 @@ def bad_init_guest(factory: pytest.TempPathFactory) -> Path:
 def hostile_guest(factory: pytest.TempPathFactory) -> Path:
     """``hostile.c``, built once per session."""
     return _build(factory, "hostile")
+
+
+def syscalls_guest(factory: pytest.TempPathFactory) -> Path:
+    """``syscalls.c`` (raw system requests), built once per session."""
+    return _build(factory, "syscalls")
