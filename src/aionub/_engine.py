@@ -163,6 +163,8 @@ class Engine:
             if native.event.kind == _native.EV_CREATE_FAILED:
                 raise  # the host could not create the VM (VmError): not the guest's fault
             raise InvalidGuest(f"guest {self.label} failed during initialisation: {exc}") from exc
+        finally:
+            self.services.finish_call()  # output lines start-up left unfinished
         if timed_out:
             raise InvalidGuest(f"guest {self.label} did not become ready within {self.config.init_timeout} s")
         if kind != EV_READY:

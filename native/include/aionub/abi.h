@@ -98,19 +98,25 @@
  * malformed (a length past the record, a path that is not UTF-8 or holds a
  * NUL), ends the call with GuestProtocolError; an unknown op gets -ENOSYS.
  * Data in a reply is at most output_size - AB_SYS_REPLY_HEADER bytes.    */
-#define AB_SYS_CLOCK     1  /* fast. clock:u32 (a Linux clock id) ->
-                               result 0, sec:i64, nsec:i64                   */
-#define AB_SYS_RANDOM    2  /* fast. len:u32 -> result n (<= len), n bytes
-                               from the host's CSPRNG                        */
+#define AB_SYS_CLOCK     1  /* fast. clock:u32 (a Linux clock id, 0-7; the
+                               CPU-time clocks are the vCPU thread's) ->
+                               result 0, sec:i64, nsec:i64, or -EINVAL      */
+#define AB_SYS_RANDOM    2  /* fast. len:u32 -> result n (<= len and <=
+                               output_size - 8), n bytes from the host's
+                               CSPRNG                                        */
 #define AB_SYS_SET_FS    3  /* fast. base:u64 -> result 0: sets the FS base
-                               (only without AB_BOOT_FSGSBASE)               */
+                               (needed only without AB_BOOT_FSGSBASE), or
+                               -EINVAL for a non-canonical address          */
 #define AB_SYS_WRITE     16 /* fd:u32, len:u32, len bytes -> result len.
-                               fd 1/2: a run's stdout/stderr, else a log
-                               record per line (INFO / WARNING)            */
+                               fd 1/2: a run's stdout/stderr; in a call a
+                               log record per line (INFO / WARNING); other
+                               fds -EBADF                                    */
 #define AB_SYS_READ      17 /* max:u32 -> result n, n bytes of the run's
                                stdin (0 = end of input)                      */
 #define AB_SYS_STAT      18 /* path:string -> result 0, size:u64, or
-                               -ENOENT / -ENAMETOOLONG (host files)          */
+                               -ENOENT / -ENAMETOOLONG / -EINVAL (relative
+                               path): the files= of Sandbox.create, never
+                               the host's own                                */
 #define AB_SYS_PREAD     19 /* offset:u64, max:u32, path:string -> result n,
                                n bytes of a host file from offset            */
 #define AB_SYS_SLEEP     20 /* ns:u64 -> result 0 after that long (deadlines
