@@ -250,25 +250,25 @@ def cache_key(musl: Path, port_dir: Path, cc: Sequence[str]) -> str:
 def build_libc(
     musl: Path,
     port_dir: Path,
-    dest: Path,
+    cache_root: Path,
     *,
     cc: Sequence[str] = ("gcc",),
     jobs: int | None = None,
 ) -> Path:
     """Build libc.a and the headers from the musl tree ``musl`` into
-    ``dest`` (``dest/include``, ``dest/lib/libc.a``), unless ``dest``
-    already holds a build with the same cache key. Returns ``dest``.
+    ``cache_root/musl-VERSION-KEY`` (``include/``, ``lib/libc.a``) and
+    return that directory; an existing build with the same key is reused.
 
     ``port_dir`` holds the guest's ``syscall_arch.h``. The build happens in
-    a temporary directory beside ``dest`` and is renamed into place, so a
-    ``dest`` that exists is always complete."""
+    a temporary directory beside the result and is renamed into place, so a
+    result that exists is always complete."""
     musl = Path(musl)
     port_dir = Path(port_dir)
-    dest = Path(dest)
     check_tree(musl)
     if not (port_dir / "syscall_arch.h").is_file():
         raise LibcBuildError(f"syscall_arch.h not found in {port_dir}")
     key = cache_key(musl, port_dir, cc)
+    dest = Path(cache_root) / f"musl-{MUSL_VERSION}-{key}"
     stamp = dest / "BUILD-KEY"
     if stamp.is_file() and stamp.read_text().strip() == key:
         return dest
@@ -324,11 +324,15 @@ def build_libc(
         for i in range(0, len(objects), 200):
             subprocess.run(["ar", "rcD", os.fspath(lib / "libc.a"), *objects[i : i + 200]], check=True)
         subprocess.run(["ranlib", "-D", os.fspath(lib / "libc.a")], check=True)
-        shutil.copyfile(musl / "COPYRIGHT", work / "out" / "COPYRIGHT") if (musl / "COPYRIGHT").is_file() else None
+        if (musl / "COPYRIGHT").is_file():  # musl's licence travels with the library
+            shutil.copyfile(musl / "COPYRIGHT", work / "out" / "COPYRIGHT")
         (work / "out" / "BUILD-KEY").write_text(key + "\n")
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(work / "out", dest)
+        try:
+            os.replace(work / "out", dest)
+        except OSError:
+            # Another build of the same key won the race: keep it.
+            if not (stamp.is_file() and stamp.read_text().strip() == key):
+                raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return dest

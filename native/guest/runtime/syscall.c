@@ -152,7 +152,7 @@ static long cpu_time(struct timeval *tv) {
 
 static uint64_t fs_base;
 
-static long set_fs(uint64_t base) {
+__attribute__((no_stack_protector)) static long set_fs(uint64_t base) {
     if (ab__boot_flags & AB_BOOT_FSGSBASE) {
         __asm__ volatile("wrfsbase %0" : : "r"(base) : "memory");
     } else {
@@ -180,7 +180,31 @@ static long unsupported(long n) {
     return -ENOSYS;
 }
 
-long ab__syscall(long n, long a1, long a2, long a3, long a4, long a5, long a6) {
+static long dispatch(long n, long a1, long a2, long a3, long a4, long a5, long a6);
+
+/* The calls musl makes before the thread pointer exists (__init_tls) are
+ * answered here, on a path without stack-protector checks: the canary
+ * lives in TLS. Everything else goes to dispatch(). */
+__attribute__((no_stack_protector)) long ab__syscall(long n, long a1, long a2, long a3, long a4,
+                                                     long a5, long a6) {
+    switch (n) {
+    case SYS_set_thread_area:
+        return set_fs((uint64_t)a1);
+    case SYS_arch_prctl:
+        if (a1 == ARCH_SET_FS)
+            return set_fs((uint64_t)a2);
+        break;
+    case SYS_set_tid_address:
+        return SELF;
+    case SYS_brk:
+        return ab__sys_brk((uintptr_t)a1);
+    case SYS_mmap:
+        return ab__sys_mmap((uintptr_t)a1, (size_t)a2, (int)a3, (int)a4, (int)a5, a6);
+    }
+    return dispatch(n, a1, a2, a3, a4, a5, a6);
+}
+
+static long dispatch(long n, long a1, long a2, long a3, long a4, long a5, long a6) {
     bool handled;
     long r = ab__file_syscall(n, a1, a2, a3, a4, a5, a6, &handled);
     if (handled)
@@ -189,11 +213,7 @@ long ab__syscall(long n, long a1, long a2, long a3, long a4, long a5, long a6) {
     if (handled)
         return r;
     switch (n) {
-    /* memory */
-    case SYS_brk:
-        return ab__sys_brk((uintptr_t)a1);
-    case SYS_mmap:
-        return ab__sys_mmap((uintptr_t)a1, (size_t)a2, (int)a3, (int)a4, (int)a5, a6);
+    /* memory (brk and mmap: above) */
     case SYS_munmap:
         return ab__sys_munmap((uintptr_t)a1, (size_t)a2);
     case SYS_mremap:
@@ -285,7 +305,6 @@ long ab__syscall(long n, long a1, long a2, long a3, long a4, long a5, long a6) {
         ab__exit((int)(a1 & 0xff), 0);
     case SYS_getpid:
     case SYS_gettid:
-    case SYS_set_tid_address:
     case SYS_getpgrp:
     case SYS_getsid:
     case SYS_getpgid:
@@ -322,15 +341,11 @@ long ab__syscall(long n, long a1, long a2, long a3, long a4, long a5, long a6) {
         *(uint8_t *)a3 = 1; /* one CPU */
         return 8;
     case SYS_arch_prctl:
-        if (a1 == ARCH_SET_FS)
-            return set_fs((uint64_t)a2);
         if (a1 == ARCH_GET_FS) {
             *(uint64_t *)a2 = fs_base;
             return 0;
         }
         return -EINVAL;
-    case SYS_set_thread_area:
-        return set_fs((uint64_t)a1);
     case SYS_futex: {
         int op = (int)(a2 & 0x7f); /* without FUTEX_PRIVATE_FLAG, FUTEX_CLOCK_REALTIME */
         if (op == 1 /* FUTEX_WAKE */)
