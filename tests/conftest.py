@@ -11,9 +11,6 @@ import pytest
 
 import aionub
 
-# Sandbox.run() through the SDK runtime: enabled once the runtime supports
-# main() (until then tests/test_run.py covers the host side with a stand-in).
-collect_ignore = ["test_run_e2e.py"]
 
 KVM_DEVICE = "/dev/kvm"
 kvm_missing = not os.path.exists(KVM_DEVICE)

@@ -86,10 +86,13 @@ def fake_main_guest(factory: pytest.TempPathFactory) -> Path:
         if "fake_main" not in _built:
             out = _out_dir(factory) / "fake_main.elf"
             layout = SdkLayout.installed()
-            flags = [f for f in GUEST_CFLAGS if f != "-nostdinc"]  # the compiler's stdint.h
+            # The compiler's stdint.h; no canary (nothing sets up TLS); the
+            # libc's archive only for the string functions gcc calls.
+            flags = [f for f in GUEST_CFLAGS if f not in ("-nostdinc", "-fstack-protector-strong")]
             include = HERE.parents[1] / "native" / "include"
-            cmd = [*find_compiler(), *flags, "-I", os.fspath(include), os.fspath(HERE / "fake_main.c"),
-                   "-o", os.fspath(out), *GUEST_LDFLAGS, "-T", os.fspath(layout.linker_script)]
+            cmd = [*find_compiler(), *flags, "-fno-stack-protector", "-I", os.fspath(include),
+                   os.fspath(HERE / "fake_main.c"), "-o", os.fspath(out), *GUEST_LDFLAGS,
+                   "-T", os.fspath(layout.linker_script), os.fspath(layout.libc_archive)]
             subprocess.run(cmd, check=True, capture_output=True)
             _built["fake_main"] = out
         return _built["fake_main"]
