@@ -1,4 +1,5 @@
-/* The "fast" system requests (AB_SYS_CLOCK, AB_SYS_RANDOM, AB_SYS_SET_FS):
+/* The "fast" system requests (AB_SYS_CLOCK, AB_SYS_RANDOM, AB_SYS_SET_FS,
+ * AB_SYS_CLOCK_ANCHOR):
  * answered by the C core on the vCPU thread, which then re-enters the
  * guest without waking Python (vcpu.c, run_until_event). Everything else,
  * and every fast request whose length is not exactly its operands', goes
@@ -20,6 +21,7 @@
 #include <time.h>
 
 #define MSR_FS_BASE 0xc0000100u
+#define MSR_IA32_TSC 0x10u
 #define HEADER AB_SYS_REPLY_HEADER
 
 static uint8_t *output(struct ab_sandbox *sb)
@@ -65,6 +67,33 @@ static void serve_clock(struct ab_sandbox *sb, uint32_t id)
     int64_t v[2] = {(int64_t)t.tv_sec, (int64_t)t.tv_nsec};
     memcpy(output(sb) + HEADER, v, sizeof v);
     reply(sb, 0, sizeof v);
+}
+
+static int64_t ns_of(const struct timespec *t)
+{
+    return (int64_t)t->tv_sec * 1000000000 + t->tv_nsec;
+}
+
+/* The guest's TSC with the host's clocks at that moment, so that the guest
+ * can extrapolate time from its TSC (syscall.c). The TSC is read between
+ * two monotonic readings and paired with their midpoint. */
+static int serve_clock_anchor(struct ab_sandbox *sb)
+{
+    struct {
+        struct kvm_msrs header;
+        struct kvm_msr_entry entry;
+    } m = {.header.nmsrs = 1, .entry = {.index = MSR_IA32_TSC}};
+    struct timespec t0, t1, real;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    if (ioctl(sb->vcpu_fd, KVM_GET_MSRS, &m) != 1)
+        return errno ? errno : EIO;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    clock_gettime(CLOCK_REALTIME, &real);
+    int64_t mono = ns_of(&t0) + (ns_of(&t1) - ns_of(&t0)) / 2;
+    int64_t v[3] = {(int64_t)m.entry.data, mono, ns_of(&real) - (ns_of(&t1) - mono)};
+    memcpy(output(sb) + HEADER, v, sizeof v);
+    reply(sb, 0, sizeof v);
+    return 0;
 }
 
 static void serve_random(struct ab_sandbox *sb, uint32_t len)
@@ -134,6 +163,13 @@ enum sys_fast_outcome sys_serve_fast(struct ab_sandbox *sb, uint32_t length,
             serve_clock(sb, u32);
         else
             serve_random(sb, u32);
+        break;
+    case AB_SYS_CLOCK_ANCHOR:
+        if (length != sizeof op)
+            return SYS_FAST_TO_PYTHON;
+        *err = serve_clock_anchor(sb);
+        if (*err)
+            return SYS_FAST_FAILED;
         break;
     case AB_SYS_SET_FS:
         if (length != sizeof op + sizeof u64)

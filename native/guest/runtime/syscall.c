@@ -28,6 +28,8 @@
 #define SELF 1
 #define NSEC 1000000000ll
 
+static long exit_clock(long clock, struct timespec *ts);
+
 /* ---- system requests ------------------------------------------------------------ */
 
 __attribute__((no_stack_protector)) ab__writer ab__sys_begin(uint32_t op) {
@@ -47,7 +49,84 @@ __attribute__((no_stack_protector)) int64_t ab__sys_call(ab__writer *w) {
 
 /* ---- time ----------------------------------------------------------------------- */
 
+/* Clocks without an exit per read. An anchor pairs the guest's TSC with the
+ * host's monotonic and real-time clocks (AB_SYS_CLOCK_ANCHOR, one exit);
+ * until the TSC has moved ANCHOR_MS past it, a read is the anchor plus the
+ * TSC cycles since, at the boot info's tsc_khz (KVM's rate for this vCPU,
+ * exact to 1 kHz: under 1 ns per ms). The TSC runs on while the guest is
+ * stopped, so an anchor stays good across calls. A TSC behind the anchor
+ * (the memory came from another VM's snapshot) or too far ahead takes a new
+ * one; the monotonic clock never goes back within the guest's memory. The
+ * case an anchor cannot detect, another VM's TSC landing within ANCHOR_MS
+ * ahead of it, bounds the error after restoring a snapshot into another
+ * sandbox by ANCHOR_MS. */
+#define ANCHOR_MS 1
+static struct {
+    uint64_t tsc;
+    int64_t mono, real;
+    bool valid;
+} anchor;
+static int64_t last_mono;
+
+static inline uint64_t rdtsc(void) {
+    uint32_t lo, hi;
+    __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+    return (uint64_t)hi << 32 | lo;
+}
+
+static bool take_anchor(void) {
+    ab__writer w = ab__sys_begin(AB_SYS_CLOCK_ANCHOR);
+    if (ab__sys_call(&w) != 0)
+        return false;
+    int64_t v[3];
+    memcpy(v, ab__sys_data(), sizeof v);
+    anchor.tsc = (uint64_t)v[0];
+    anchor.mono = v[1];
+    anchor.real = v[2];
+    anchor.valid = true;
+    return true;
+}
+
+/* Monotonic or real-time nanoseconds from the TSC; false if unavailable. */
+static bool tsc_clock(bool real, int64_t *ns) {
+    const struct ab_boot_info *bi = (const struct ab_boot_info *)(uintptr_t)AB_BOOT_INFO_ADDR;
+    uint64_t khz = bi->tsc_khz;
+    if (!khz)
+        return false;
+    uint64_t delta = rdtsc() - anchor.tsc;
+    if (!anchor.valid || (int64_t)delta < 0 || delta > khz * ANCHOR_MS) {
+        if (!take_anchor())
+            return false;
+        delta = 0;
+    }
+    int64_t elapsed = (int64_t)(delta * 1000000 / khz); /* delta < 2^40: no overflow */
+    if (real) {
+        *ns = anchor.real + elapsed;
+        return true;
+    }
+    int64_t mono = anchor.mono + elapsed;
+    if (mono < last_mono)
+        mono = last_mono;
+    last_mono = mono;
+    *ns = mono;
+    return true;
+}
+
 static long host_clock(long clock, struct timespec *ts) {
+    int64_t ns;
+    bool real = clock == CLOCK_REALTIME || clock == CLOCK_REALTIME_COARSE;
+    bool mono = clock == CLOCK_MONOTONIC || clock == CLOCK_MONOTONIC_RAW ||
+                clock == CLOCK_MONOTONIC_COARSE || clock == CLOCK_BOOTTIME;
+    if ((real || mono) && tsc_clock(real, &ns)) {
+        ts->tv_sec = ns / NSEC;
+        ts->tv_nsec = ns % NSEC;
+        return 0;
+    }
+    return exit_clock(clock, ts);
+}
+
+/* One exit per read: the CPU-time clocks, and any clock without a TSC rate. */
+static long exit_clock(long clock, struct timespec *ts) {
     ab__writer w = ab__sys_begin(AB_SYS_CLOCK);
     ab__put_u32(&w, (uint32_t)clock);
     int64_t r = ab__sys_call(&w);

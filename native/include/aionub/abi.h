@@ -107,6 +107,11 @@
 #define AB_SYS_SET_FS    3  /* fast. base:u64 -> result 0: sets the FS base
                                (needed only without AB_BOOT_FSGSBASE), or
                                -EINVAL for a non-canonical address          */
+#define AB_SYS_CLOCK_ANCHOR 4 /* fast. no operands -> result 0, tsc:u64 (the
+                               guest's TSC), mono_ns:i64, real_ns:i64 (the host's
+                               CLOCK_MONOTONIC and CLOCK_REALTIME at that TSC):
+                               with boot info tsc_khz, the guest reads clocks
+                               from its TSC between anchors, without exits     */
 #define AB_SYS_WRITE     16 /* fd:u32, len:u32, len bytes -> result len.
                                fd 1/2: a run's stdout/stderr; in a call a
                                log record per line (INFO / WARNING); other
@@ -141,6 +146,7 @@ struct ab_boot_info {
     uint64_t output_addr, output_size; /* guest -> host                      */
     uint64_t heap_addr, heap_size;
     uint64_t stack_addr, stack_size;   /* initial rsp = stack_addr+stack_size */
+    uint64_t tsc_khz; /* the guest TSC's frequency (KVM_GET_TSC_KHZ), 0 if unknown */
 };
 #define AB_BOOT_FSGSBASE 1u /* CR4.FSGSBASE is set: wrfsbase works at CPL3 */
 #define AB_BOOT_MAGIC 0x31425553414e4f49ull /* "IONASUB1" little-endian */
