@@ -24,7 +24,10 @@ def _sdk_files() -> dict[str, Path]:
 
 def sdk_has_libc() -> bool:
     """Whether the installed guest SDK carries a full C library (<math.h> among its headers)."""
-    return any(rel.endswith("/math.h") for rel in _sdk_files())
+    try:
+        return any(rel.endswith("/math.h") for rel in _sdk_files())
+    except OSError:  # no installed SDK at all (aionub imported from a bare source tree)
+        return False
 
 
 def _compiler_id() -> str:
