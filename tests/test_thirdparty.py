@@ -255,7 +255,7 @@ async def test_sqlite_in_memory_queries(sql_sb: aionub.Sandbox) -> None:
     )
     assert await ex("exec", "select json_object('a', 1, 'b', json_array(1.5, 'x'))") == '{"a":1,"b":[1.5,"x"]}\n'
     assert await ex("exec", "select 1.0 / 3, printf('%.3f|%08.2f|%e', 3.14159265, -3.14159, 1e100)") == (
-        "0.333333333333333|3.142|-0003.14|1.000000e+100\n"
+        "0.33333333333333332|3.142|-0003.14|1.000000e+100\n"
     )
     assert await ex("exec", "select round(sin(1), 12), round(exp(1), 12), round(power(2, 0.5), 12)") == (
         "0.841470984808|2.718281828459|1.414213562373\n"
@@ -277,5 +277,5 @@ async def test_sqlite_index_and_join(sql_sb: aionub.Sandbox) -> None:
         counts[k] = counts.get(k, 0) + 1
     top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
     assert got == "".join(f"{k}|{n}|{k * k}\n" for k, n in top)
-    assert await sql_sb.call("exec", "explain query plan select * from a where k = 5").find("a_k") >= 0
+    assert "a_k" in await sql_sb.call("exec", "explain query plan select * from a where k = 5")
 
