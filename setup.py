@@ -1,7 +1,9 @@
 """Build steps beyond pyproject.toml: the cffi extension (out-of-line API
-mode), and copying the guest SDK into the package plus compiling the bundled
-demo guest with it, so ``aionub.DEMO_GUEST`` and ``aionub.build_guest`` work
-from the installed package alone."""
+mode), and the guest SDK: musl fetched (pinned, hash-checked) and built for
+guests once per cache, copied into the package with the SDK's headers,
+runtime and linker script, and the bundled demo guest compiled with it, so
+``aionub.DEMO_GUEST`` and ``aionub.build_guest`` work from the installed
+package alone."""
 
 from __future__ import annotations
 
@@ -16,9 +18,9 @@ from setuptools.command.build_py import build_py
 ROOT = pathlib.Path(__file__).resolve().parent
 
 
-def _load_build_module():
-    """src/aionub/_build.py, loaded by path: the package is not built yet."""
-    spec = importlib.util.spec_from_file_location("_aionub_build", ROOT / "src" / "aionub" / "_build.py")
+def _load(name: str):
+    """src/aionub/<name>.py, loaded by path: the package is not built yet."""
+    spec = importlib.util.spec_from_file_location(f"_aionub{name}", ROOT / "src" / "aionub" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
@@ -29,11 +31,16 @@ class BuildPyWithGuests(build_py):
     def run(self) -> None:
         super().run()
         package = pathlib.Path(self.build_lib) / "aionub"
-        build = _load_build_module()
+        build, libc, sources = _load("_build"), _load("_libc"), _load("_sources")
+        musl = sources.fetch("musl") / "musl"
+        libc_dir = libc.build_libc(
+            musl, ROOT / "native" / "guest" / "libc", sources.cache_dir() / "libc",
+            cc=build.find_compiler(),
+        )
         sdk_dir = package / "_sdk"
         if sdk_dir.exists():
             shutil.rmtree(sdk_dir)
-        sdk = build.install_sdk(build.SdkLayout.source_tree(ROOT), sdk_dir)
+        sdk = build.install_sdk(build.SdkLayout.source_tree(ROOT, libc_dir), sdk_dir)
         build.build_guest(
             [ROOT / "native" / "guest" / "demo" / "demo.c"],
             package / "_guests" / "demo.elf",

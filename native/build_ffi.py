@@ -19,6 +19,7 @@ SOURCES = [
     "signal.c",
     "vm.c",
     "vcpu.c",
+    "sysfast.c",
     "vcpustate.c",
     "sandbox.c",
     "snapshot.c",

@@ -26,6 +26,9 @@ int kvm_vcpu_mmap_size(void);
 const struct kvm_cpuid2 *kvm_supported_cpuid(void);
 bool kvm_have_xsave2(void);              /* else only KVM_GET_XSAVE (4 KiB) */
 bool kvm_have_sync_regs(void);           /* KVM_CAP_SYNC_REGS: regs, sregs, events */
+/* The supported CPUID has FSGSBASE (leaf 7, subleaf 0, EBX bit 0): the vCPU
+ * runs with CR4.FSGSBASE and the boot info says AB_BOOT_FSGSBASE. */
+bool kvm_have_fsgsbase(void);
 /* MSRs KVM reports in KVM_GET_MSR_INDEX_LIST, and the subset of them that
  * snapshots save and restore writes back (kvm.c documents the choice). */
 const uint32_t *kvm_msr_index_list(uint32_t *n);
@@ -140,7 +143,7 @@ void kick_signal_mark_vcpu_thread(void);
 /* ---- stats ------------------------------------------------------------------ */
 struct ab_counters {
     _Atomic uint64_t calls, runs, cancellations, signals_sent, stale_kicks,
-        handler_reinstalls;
+        handler_reinstalls, sys_fast;
 };
 extern struct ab_counters ab_process_counters;
 #define AB_COUNT(sb, field)                                                   \
@@ -192,6 +195,10 @@ struct ab_sandbox {
     /* Arguments and result of the SNAPSHOT/RESTORE commands. */
     const struct ab_snapshot *restore_from;
     uint64_t input_used, output_used; /* host writes since the last one   */
+    /* High-water mark of the C core's own replies to fast system requests
+     * in the output buffer since the last snapshot or restore (sysfast.c;
+     * vCPU thread only, like the commands that read and reset it). */
+    uint64_t sys_output_used;
     struct ab_snapshot *snapshot_result;
     /* Fault injection for tests (ab_sandbox_inject_unsettled): this many
      * coming settles report that KVM never settled. vCPU thread only,
@@ -216,5 +223,16 @@ void snapshot_take(struct ab_sandbox *sb, struct ab_event *ev);
 void snapshot_restore(struct ab_sandbox *sb, struct ab_event *ev);
 void vm_destroy(struct ab_sandbox *sb);
 void *vcpu_thread_main(void *arg);
+
+/* ---- sysfast.c: the system requests the C core answers itself -------------
+ * Called on the vCPU thread for an AB_PORT_SYS exit whose request is
+ * `length` bytes (already checked against the output buffer size). */
+enum sys_fast_outcome {
+    SYS_FAST_SERVED,    /* reply written: re-enter the guest              */
+    SYS_FAST_TO_PYTHON, /* not a fast op, or malformed: Python decides    */
+    SYS_FAST_FAILED,    /* a host ioctl failed: *err = errno             */
+};
+enum sys_fast_outcome sys_serve_fast(struct ab_sandbox *sb, uint32_t length,
+                                     int *err);
 
 #endif

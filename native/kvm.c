@@ -22,6 +22,7 @@ static struct {
 } cpuid;
 static bool have_xsave2;        /* KVM_GET_XSAVE2 exists                    */
 static bool have_sync_regs;     /* kvm_run.s.regs takes regs, sregs, events */
+static bool have_fsgsbase;      /* supported CPUID.(7,0):EBX bit 0            */
 static struct {
     struct kvm_msr_list header;
     uint32_t indices[AB_MAX_MSRS];
@@ -128,6 +129,11 @@ static void open_kvm(void)
         close(fd);
         return;
     }
+    for (uint32_t i = 0; i < cpuid.header.nent; i++) {
+        const struct kvm_cpuid_entry2 *e = &cpuid.entries[i];
+        if (e->function == 7 && e->index == 0)
+            have_fsgsbase = e->ebx & 1u;
+    }
     have_xsave2 = ioctl(fd, KVM_CHECK_EXTENSION, KVM_CAP_XSAVE2) > 0;
     int sync = ioctl(fd, KVM_CHECK_EXTENSION, KVM_CAP_SYNC_REGS);
     const int sync_wanted =
@@ -181,6 +187,8 @@ const struct kvm_cpuid2 *kvm_supported_cpuid(void) { return &cpuid.header; }
 bool kvm_have_xsave2(void) { return have_xsave2; }
 
 bool kvm_have_sync_regs(void) { return have_sync_regs; }
+
+bool kvm_have_fsgsbase(void) { return have_fsgsbase; }
 
 const uint32_t *kvm_msr_index_list(uint32_t *n)
 {

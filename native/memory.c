@@ -234,6 +234,8 @@ static void build_boot_info(uint8_t *mem, const struct ab_layout *lay)
     struct ab_boot_info bi = {
         .magic = AB_BOOT_MAGIC,
         .abi_version = AB_ABI_VERSION,
+        /* vm.c sets CR4.FSGSBASE under the same condition. */
+        .flags = kvm_have_fsgsbase() ? AB_BOOT_FSGSBASE : 0,
         .memory_size = lay->memory_size,
         .input_addr = lay->input_addr,
         .input_size = lay->input_size,

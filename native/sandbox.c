@@ -312,6 +312,7 @@ static void read_counters(const struct ab_counters *c, struct ab_stats *out)
         atomic_load_explicit(&c->stale_kicks, memory_order_relaxed);
     out->handler_reinstalls =
         atomic_load_explicit(&c->handler_reinstalls, memory_order_relaxed);
+    out->sys_fast = atomic_load_explicit(&c->sys_fast, memory_order_relaxed);
 }
 
 void ab_sandbox_stats(ab_sandbox *sb, struct ab_stats *out)

@@ -136,10 +136,17 @@ static int note_host_writes(struct ab_sandbox *sb)
     if (sb->input_used > sb->layout.input_size ||
         sb->output_used > sb->layout.output_size)
         return -EINVAL;
+    /* The C core's replies to fast system requests (sysfast.c), on this
+     * same thread; bounded by the output buffer by construction. */
+    uint64_t output_used = sb->output_used > sb->sys_output_used
+                               ? sb->output_used
+                               : sb->sys_output_used;
     set_range(sb->dirty, sb->layout.input_addr, sb->input_used);
     set_range(sb->written, sb->layout.input_addr, sb->input_used);
-    set_range(sb->dirty, sb->layout.output_addr, sb->output_used);
-    set_range(sb->written, sb->layout.output_addr, sb->output_used);
+    set_range(sb->dirty, sb->layout.output_addr, output_used);
+    set_range(sb->written, sb->layout.output_addr, output_used);
+    /* Folded into the maps: from here on only newer replies count. */
+    sb->sys_output_used = 0;
     return 0;
 }
 

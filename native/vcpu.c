@@ -12,12 +12,20 @@
  *                                             [T4] clear RUNNING
  *                                             EINTR: [T5] CANCEL? → CANCELLED
  *                                                    else stale kick → re-enter
+ *                                             fast system request: [T7]
+ *                                                    reply → re-enter (T2)
  *                                             exit → decode → event
  *                                           [T6] publish: event, cmd = IDLE,
  *   reader callback: ack() reads eventfd ◀──       write(eventfd)
  *
  * The timing points T1..T6 are the ones docs/cancellation.md refers to.
  * Hot path per call: one FUTEX_WAIT return, one KVM_RUN, one write().
+ * [T7] A fast system request (sysfast.c: clock, random, FS base) is served
+ * here and the loop goes back to T2, which re-checks CANCEL exactly as for
+ * a stale kick: a kill that lands while the reply is written is seen there
+ * (it set CANCEL; RUNNING was clear, so it did not signal, and T2 reads
+ * CANCEL after setting RUNNING). A guest that only makes fast requests
+ * still never runs past a kill.
  */
 #include "internal.h"
 
@@ -176,6 +184,7 @@ static void decode_io(struct ab_sandbox *sb, struct ab_event *ev)
         [AB_PORT_HOSTCALL - AB_PORT_FIRST] = AB_EV_HOSTCALL,
         [AB_PORT_LOG - AB_PORT_FIRST] = AB_EV_LOG,
         [AB_PORT_ABORT - AB_PORT_FIRST] = AB_EV_ABORT,
+        [AB_PORT_SYS - AB_PORT_FIRST] = AB_EV_SYS,
     };
     ev->kind = kinds[port - AB_PORT_FIRST];
     ev->length = length;
@@ -242,6 +251,23 @@ static void run_until_event(struct ab_sandbox *sb)
         interrupt_clear_running(ih);
         if (rc == 0) {
             decode_exit(sb, ev);
+            if (ev->kind != AB_EV_SYS)
+                return;
+            /* [T7] */
+            int sys_err = 0;
+            switch (sys_serve_fast(sb, ev->length, &sys_err)) {
+            case SYS_FAST_SERVED:
+                ev->kind = 0;
+                ev->length = 0;
+                continue; /* back to T2: CANCEL is checked again */
+            case SYS_FAST_FAILED:
+                event_vm_error(ev, KVM_EXIT_IO, sys_err, 0,
+                               "serving a system request failed: %s",
+                               strerror(sys_err));
+                return;
+            case SYS_FAST_TO_PYTHON:
+                return;
+            }
             return;
         }
         if (err != EINTR && err != EAGAIN) {

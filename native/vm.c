@@ -18,6 +18,7 @@
 #define CR4_PAE (1ull << 5)
 #define CR4_OSFXSR (1ull << 9)
 #define CR4_OSXMMEXCPT (1ull << 10)
+#define CR4_FSGSBASE (1ull << 16)
 #define EFER_LME (1ull << 8)
 #define EFER_LMA (1ull << 10)
 #define EFER_NXE (1ull << 11)
@@ -72,6 +73,11 @@ static int set_initial_registers(struct ab_sandbox *sb, char *errbuf,
     s.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG;
     s.cr3 = AB_PML4_ADDR;
     s.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT;
+    /* rd/wr{fs,gs}base at CPL3: the guest's libc sets its thread pointer
+     * without a system request. memory.c says so in the boot info
+     * (AB_BOOT_FSGSBASE); both read the same process-wide CPUID. */
+    if (kvm_have_fsgsbase())
+        s.cr4 |= CR4_FSGSBASE;
     s.efer = EFER_LME | EFER_LMA | EFER_NXE;
     set_segments(&s);
     if (ioctl(sb->vcpu_fd, KVM_SET_SREGS, &s) < 0)

@@ -11,6 +11,7 @@ import pytest
 
 import aionub
 
+
 KVM_DEVICE = "/dev/kvm"
 kvm_missing = not os.path.exists(KVM_DEVICE)
 

@@ -160,7 +160,7 @@ def test_call_timeout_must_be_positive(capsys: pytest.CaptureFixture[str]) -> No
     assert "must be a positive number of seconds" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["demo", "build", "inspect", "call"])
+@pytest.mark.parametrize("command", ["demo", "build", "inspect", "call", "run"])
 def test_every_command_has_help(capsys: pytest.CaptureFixture[str], command: str) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])

@@ -16,7 +16,7 @@ from aionub import _build
 pytestmark = pytest.mark.no_kvm
 
 REPO = Path(__file__).resolve().parents[1]
-SOURCE_SDK = _build.SdkLayout.source_tree(REPO)
+SOURCE_SDK = _build.SdkLayout.source_tree(REPO, _build.SdkLayout.installed().libc_dir)
 DEMO_SOURCE = REPO / "native" / "guest" / "demo" / "demo.c"
 
 needs_source_tree = pytest.mark.skipif(
@@ -82,7 +82,7 @@ def test_runtime_c_code_natively(tmp_path: Path) -> None:
 
 # ---- the ELF that build_guest() makes ----------------------------------------------
 
-PT_LOAD, PT_GNU_STACK = 1, 0x6474E551
+PT_LOAD, PT_TLS, PT_GNU_STACK = 1, 7, 0x6474E551
 PF_X, PF_W, PF_R = 1, 2, 4
 
 
@@ -115,7 +115,10 @@ def test_demo_is_a_static_executable_at_the_image_base(demo_elf: Path) -> None:
     loads = [p for p in phdrs if p[0] == PT_LOAD]
     assert entry >= 0x100000
     assert any(p[3] <= entry < p[3] + p[6] and p[1] & PF_X for p in loads)
-    assert all(p[0] in (PT_LOAD, PT_GNU_STACK) for p in phdrs)  # no INTERP, DYNAMIC, TLS
+    assert all(p[0] in (PT_LOAD, PT_GNU_STACK, PT_TLS) for p in phdrs)  # no INTERP, DYNAMIC
+    # The first segment loads the ELF and program headers (musl reads them
+    # through AT_PHDR to find the TLS segment).
+    assert min(loads, key=lambda p: p[3])[2] == 0 and min(p[3] for p in loads) == 0x100000
 
 
 def test_demo_segments_have_one_permission_per_page(demo_elf: Path) -> None:
@@ -216,9 +219,9 @@ AB_EXPORT(twice, AB_INT, AB_INT);
             "AB_VOID_is_only_valid_as_a_return_type",
         ),
         (
-            "#include <aionub_guest.h>\nstatic void f(void) { puts(\"hi\"); }\n"
-            "AB_EXPORT(f, AB_VOID);",
-            "puts",
+            "#include <aionub_guest.h>\nvoid no_such_function(void);\n"
+            "static void f(void) { no_such_function(); }\nAB_EXPORT(f, AB_VOID);",
+            "no_such_function",
         ),
     ],
     ids=["syntax", "signature", "too-many-params", "void-param", "undefined-function"],

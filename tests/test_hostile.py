@@ -388,8 +388,9 @@ PORT_CASES: list[tuple[str, str, int, type[aionub.SandboxError], Check | None]] 
     ("inb-0x80", "inb", 0x80, aionub.GuestFault, fault(GP, 0)),
     ("outl-serial", "outl", 0x3F8, aionub.GuestFault, fault(GP, 0)),
     ("outb-fault-port", "outb", 0xEF, aionub.GuestFault, fault(GP, 0)),
-    ("outl-0xe5", "outl", 0xE5, aionub.GuestFault, fault(GP, 0)),  # 0xe5-0xe8: 0xe8 is closed
-    ("outw-0xe7", "outw", 0xE7, aionub.GuestFault, fault(GP, 0)),
+    ("outl-0xe6", "outl", 0xE6, aionub.GuestFault, fault(GP, 0)),  # 0xe6-0xe9: 0xe9 is closed
+    ("outw-0xe8", "outw", 0xE8, aionub.GuestFault, fault(GP, 0)),  # 0xe8-0xe9
+    ("outl-0xe7", "outl", 0xE7, aionub.GuestFault, fault(GP, 0)),
     ("outl-0xffff", "outl", 0xFFFF, aionub.GuestFault, fault(GP, 0)),
     # open in the bitmap but not a hypercall the host accepts
     ("inl-0xe1", "inl", 0xE1, aionub.GuestProtocolError, None),
@@ -398,6 +399,9 @@ PORT_CASES: list[tuple[str, str, int, type[aionub.SandboxError], Check | None]] 
     ("outw-0xe1", "outw", 0xE1, aionub.GuestProtocolError, None),
     ("outb-0xe5", "outb", 0xE5, aionub.GuestProtocolError, None),
     ("outb-0xe7", "outb", 0xE7, aionub.GuestProtocolError, None),
+    ("outb-0xe8", "outb", 0xE8, aionub.GuestProtocolError, None),  # open only for `out 0xE5, eax`
+    # a system request (0xe5-0xe8 are open) of 0 bytes: too short for its op
+    ("outl-0xe5-empty", "outl", 0xE5, aionub.GuestProtocolError, None),
     ("rep-outsl-0xe1", "rep_outsl", 0xE1, aionub.GuestProtocolError, None),
 ]
 

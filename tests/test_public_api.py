@@ -15,7 +15,8 @@ def test_public_names() -> None:
     assert set(aionub.__all__) == {
         "BuildError", "CallTimeout", "DEMO_GUEST", "ExecutionCancelled", "GuestAborted", "GuestFault",
         "GuestFunction", "GuestFunctionNotFound", "GuestProtocolError", "HostFunctionError",
-        "InterruptHandle", "InvalidGuest", "PoolTimeout", "SandboxPool", "KvmUnavailable", "Sandbox", "SandboxClosed",
+        "InterruptHandle", "InvalidGuest", "PoolTimeout", "SandboxPool", "KvmUnavailable", "RunResult", "Sandbox",
+        "SandboxClosed",
         "SandboxConfig",
         "SandboxError", "SandboxPoisoned", "Snapshot", "StackOverflow", "VmError", "build_guest", "process_stats",
     }
@@ -41,5 +42,7 @@ def test_python_abi_constants_match_the_header() -> None:
     header = (Path(__file__).resolve().parents[1] / "native" / "include" / "aionub" / "abi.h").read_text()
     defines = dict(re.findall(r"#define AB_(\w+)\s+(\w+)", header))
     for name in ("TAG_NONE", "TAG_BOOL", "TAG_INT", "TAG_FLOAT", "TAG_STR", "TAG_BYTES", "STATUS_OK",
-                 "STATUS_NOT_FOUND", "STATUS_BAD_ARGS", "REPLY_OK", "REPLY_ERROR", "MAX_PARAMS", "MAX_NAME"):
+                 "STATUS_NOT_FOUND", "STATUS_BAD_ARGS", "STATUS_EXIT", "REQ_CALL", "REQ_RUN",
+                 "SYS_CLOCK", "SYS_RANDOM", "SYS_SET_FS", "SYS_WRITE", "SYS_READ", "SYS_STAT", "SYS_PREAD",
+                 "SYS_SLEEP", "SYS_REPLY_HEADER", "REPLY_OK", "REPLY_ERROR", "MAX_PARAMS", "MAX_NAME"):
         assert int(defines[name], 0) == getattr(_abi, name), name

@@ -30,6 +30,7 @@ from ._interrupt import InterruptHandle as InterruptHandle
 from ._native import process_stats as process_stats
 from ._paths import DEMO_GUEST as DEMO_GUEST
 from ._pool import PoolTimeout as PoolTimeout, SandboxPool as SandboxPool
+from ._run import RunResult as RunResult
 from ._sandbox import Sandbox as Sandbox
 from ._snapshot import Snapshot as Snapshot
 from ._wire import GuestFunction as GuestFunction
@@ -51,6 +52,7 @@ __all__ = (
     "InvalidGuest",
     "PoolTimeout",
     "KvmUnavailable",
+    "RunResult",
     "Sandbox",
     "SandboxClosed",
     "SandboxConfig",

@@ -22,6 +22,21 @@ REQ_RUN = 1
 READY_HAS_MAIN = 1
 READY_FLAGS = READY_HAS_MAIN
 
+# System requests (AB_PORT_SYS): request := op:u32, operands;
+# reply := result:i64, data (docs/abi.md, "System requests").
+SYS_CLOCK = 1
+SYS_RANDOM = 2
+SYS_SET_FS = 3
+SYS_WRITE = 16
+SYS_READ = 17
+SYS_STAT = 18
+SYS_PREAD = 19
+SYS_SLEEP = 20
+SYS_REPLY_HEADER = 8
+#: Ops the C core answers on the vCPU thread; Python sees them only when
+#: their length is wrong (a protocol violation).
+SYS_FAST_OPS = frozenset((SYS_CLOCK, SYS_RANDOM, SYS_SET_FS))
+
 REPLY_OK = 0
 REPLY_ERROR = 1
 

@@ -3,11 +3,13 @@
 This module imports only the standard library: ``setup.py`` loads it by file
 path to build the demo guest before the package itself exists.
 
-An SDK is three things (see :class:`SdkLayout`): include directories, the
-runtime sources (``*.c`` and ``*.S``, compiled into every guest) and the
-linker script. In the source tree they are ``native/guest/include`` plus
-``native/include``, ``native/guest/runtime`` and ``native/guest/guest.ld``;
-in an installed package they are copied under ``aionub/_sdk/``.
+An SDK is four things (see :class:`SdkLayout`): include directories, the
+runtime sources (``*.c`` and ``*.S``, compiled into every guest), the
+linker script, and the C library (musl, built by ``_libc.py``: its headers
+and ``libc.a``). In the source tree the first three are
+``native/guest/include`` plus ``native/include``, ``native/guest/runtime``
+and ``native/guest/guest.ld``, and the libc is a build in the cache; in an
+installed package all four are copied under ``aionub/_sdk/``.
 """
 
 from __future__ import annotations
@@ -39,15 +41,14 @@ GUEST_CFLAGS: tuple[str, ...] = (
     "-std=gnu11",
     "-O2",
     "-Wall",
-    "-Werror=implicit-function-declaration",  # there is no libc beyond the SDK's headers
-    "-ffreestanding",  # no hosted libc; the SDK's string.h restores builtins
-    "-nostdinc",  # only the SDK's headers and the compiler's own (added below)
+    "-Werror=implicit-function-declaration",  # a missing header is an error, not a guess
+    "-nostdinc",  # musl's headers, the SDK's and the compiler's own (added below)
     "-fno-pic",
     "-fno-pie",
-    "-fno-stack-protector",  # it needs a TLS canary (FS base), which guests lack
+    "-fstack-protector-strong",  # musl sets the canary up from the host's random bytes
     "-fstack-clash-protection",  # big frames probe each page: overflow hits the guard
     "-fcf-protection=none",
-    "-fno-math-errno",  # no errno: __builtin_sqrt and friends compile to instructions
+    "-fno-math-errno",  # musl's libm reports errors by exceptions only (math_errhandling)
     "-fno-asynchronous-unwind-tables",
     "-fno-unwind-tables",
     "-ffunction-sections",
@@ -96,22 +97,34 @@ class SdkLayout:
     include_dirs: tuple[Path, ...]
     runtime_dir: Path
     linker_script: Path
+    #: The guest C library: ``include/`` and ``lib/libc.a``.
+    libc_dir: Path
 
     @classmethod
     def installed(cls, sdk_dir: StrPath | None = None) -> SdkLayout:
         """The layout inside an installed package: ``aionub/_sdk/``."""
         root = Path(sdk_dir) if sdk_dir is not None else Path(__file__).resolve().parent / "_sdk"
-        return cls((root / "include",), root / "runtime", root / "guest.ld")
+        return cls((root / "include",), root / "runtime", root / "guest.ld", root / "libc")
 
     @classmethod
-    def source_tree(cls, repo_root: StrPath) -> SdkLayout:
-        """The layout in a checkout of the repository."""
+    def source_tree(cls, repo_root: StrPath, libc_dir: StrPath) -> SdkLayout:
+        """The layout in a checkout of the repository, with the libc built
+        in ``libc_dir`` (``_libc.build_libc``)."""
         root = Path(repo_root)
         return cls(
             (root / "native" / "guest" / "include", root / "native" / "include"),
             root / "native" / "guest" / "runtime",
             root / "native" / "guest" / "guest.ld",
+            Path(libc_dir),
         )
+
+    @property
+    def libc_archive(self) -> Path:
+        return self.libc_dir / "lib" / "libc.a"
+
+    @property
+    def libc_include(self) -> Path:
+        return self.libc_dir / "include"
 
     def runtime_sources(self) -> list[Path]:
         """The runtime's translation units, in a stable order."""
@@ -141,6 +154,12 @@ class SdkLayout:
             if p.is_file() and p.suffix in (".c", ".S", ".h"):
                 out[f"runtime/{p.name}"] = p
         out["guest.ld"] = self.linker_script
+        for p in sorted(self.libc_include.rglob("*.h")):
+            out[f"libc/include/{p.relative_to(self.libc_include).as_posix()}"] = p
+        out["libc/lib/libc.a"] = self.libc_archive
+        for name in ("COPYRIGHT", "BUILD-KEY"):
+            if (self.libc_dir / name).is_file():
+                out[f"libc/{name}"] = self.libc_dir / name
         return out
 
     def check(self) -> None:
@@ -155,6 +174,8 @@ class SdkLayout:
             )
         if not self.linker_script.is_file():
             raise FileNotFoundError(f"guest SDK linker script not found: {self.linker_script}")
+        if not self.libc_archive.is_file() or not (self.libc_include / "stdio.h").is_file():
+            raise FileNotFoundError(f"guest C library (musl) not found in {self.libc_dir}")
         if not self.runtime_sources():
             raise FileNotFoundError(f"no runtime sources in {self.runtime_dir}")
 
@@ -260,7 +281,7 @@ def build_guest(
     layout.check()
     compiler = find_compiler(cc)
 
-    includes = [Path(d) for d in include_dirs] + list(layout.include_dirs)
+    includes = [Path(d) for d in include_dirs] + list(layout.include_dirs) + [layout.libc_include]
     cmd = [*compiler, *GUEST_CFLAGS]
     cc_include = _compiler_include_dir(compiler)
     if cc_include is None:
@@ -281,7 +302,9 @@ def build_guest(
         tmp_out = Path(tmp_dir) / out.name
         cmd += [os.fspath(p) for p in srcs + layout.runtime_sources()]
         cmd += ["-o", os.fspath(tmp_out), *GUEST_LDFLAGS, "-T", os.fspath(layout.linker_script)]
-        cmd += ["-lgcc"]  # compiler support routines (128-bit division and the like)
+        # musl, and the compiler's support routines (128-bit division and the
+        # like), which musl itself also needs.
+        cmd += ["-Wl,--start-group", os.fspath(layout.libc_archive), "-lgcc", "-Wl,--end-group"]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         except OSError as exc:
@@ -289,9 +312,10 @@ def build_guest(
                 f"could not run the C compiler {compiler[0]!r}: {exc}", command=cmd
             ) from exc
         if proc.returncode != 0:
+            # The compiler's diagnostics first; the (long) command after them.
             raise BuildError(
                 f"guest build failed (exit status {proc.returncode}):\n"
-                f"{shlex.join(cmd)}\n{proc.stderr.strip()}",
+                f"{proc.stderr.strip()}\n\ncommand: {shlex.join(cmd)}",
                 command=cmd,
                 returncode=proc.returncode,
                 stderr=proc.stderr,

@@ -1,5 +1,5 @@
 """``python -m aionub`` / ``aionub``: the demo, the guest compiler, and
-commands that inspect and call a guest from the shell."""
+commands that inspect, call and run a guest from the shell."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ import argparse
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import logging
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,14 @@ with a dash but are not numbers. The result is printed as JSON, bytes as
 sandbox fails (timeout, fault, abort, bad guest file), 2 for bad usage
 (unknown function, arguments that do not fit the signature); the error is
 one line on stderr."""
+
+
+_RUN_HELP = """\
+Put `--` before guest arguments that start with a dash: `aionub run
+guest.elf -- -v file`. Exit status: the guest's exit status, 128+N when
+signal N ended it; 1 when the sandbox failed (timeout, fault, bad guest
+file) and 2 for bad usage (a guest without main()), with the error as one
+line on stderr."""
 
 
 def _positive_int(text: str) -> int:
@@ -139,6 +148,21 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument(
         "--timeout", type=_positive_float, default=None, metavar="S", help="stop the guest after S seconds"
     )
+
+    run = sub.add_parser(
+        "run",
+        help="run a guest's main() like a program",
+        description="Start GUEST in a sandbox and run its main() with ARGs (argv[0] is GUEST's file name), "
+        "stdin from ours (read to its end first; empty when stdin is a terminal), its stdout and stderr "
+        "written to ours.",
+        epilog=_RUN_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("guest", metavar="GUEST", help="path of a guest ELF with a main()")
+    run.add_argument("args", metavar="ARG", nargs="*", help="argument for the guest's argv")
+    run.add_argument(
+        "--timeout", type=_positive_float, default=None, metavar="S", help="stop the guest after S seconds"
+    )
     return parser
 
 
@@ -205,6 +229,22 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _guest_log_on_stderr() -> Iterator[None]:
+    """Show the guest's log records (logger "aionub.guest") on stderr."""
+    guest_log = logging.getLogger("aionub.guest")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    level = guest_log.level
+    guest_log.addHandler(handler)
+    guest_log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        guest_log.removeHandler(handler)
+        guest_log.setLevel(level)
+
+
 def _call(args: argparse.Namespace) -> int:
     from ._exceptions import GuestFunctionNotFound, SandboxError
     from ._sandbox import Sandbox
@@ -219,33 +259,64 @@ def _call(args: argparse.Namespace) -> int:
         async with Sandbox.create(_guest_path(args.guest)) as sb:
             return await sb.call(args.function, *values, timeout=args.timeout)
 
-    # Show the guest's log records (logger "aionub.guest") on stderr.
-    guest_log = logging.getLogger("aionub.guest")
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    level = guest_log.level
-    guest_log.addHandler(handler)
-    guest_log.setLevel(logging.INFO)
     try:
-        result = asyncio.run(call())
+        with _guest_log_on_stderr():
+            result = asyncio.run(call())
     except (GuestFunctionNotFound, TypeError, ValueError, OverflowError) as exc:
         _error("call", exc)
         return _USAGE
     except (SandboxError, OSError) as exc:
         _error("call", exc)
         return _FAILED
-    finally:
-        guest_log.removeHandler(handler)
-        guest_log.setLevel(level)
     print(to_json(result))
     return 0
+
+
+def _stdin_bytes() -> bytes:
+    """Our stdin for the guest: all of it, or nothing from a terminal (the
+    guest cannot ask for more while it runs)."""
+    stream = sys.stdin
+    if stream is None or stream.isatty():
+        return b""
+    return stream.buffer.read()
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ._exceptions import GuestFunctionNotFound, SandboxError
+    from ._run import RunResult
+    from ._sandbox import Sandbox
+
+    async def run() -> RunResult:
+        async with Sandbox.create(_guest_path(args.guest)) as sb:
+            argv = [os.path.basename(args.guest), *args.args]
+            return await sb.run(argv, stdin=_stdin_bytes(), timeout=args.timeout)
+
+    try:
+        with _guest_log_on_stderr():
+            result = asyncio.run(run())
+    except (GuestFunctionNotFound, TypeError, ValueError) as exc:
+        _error("run", exc)
+        return _USAGE
+    except (SandboxError, OSError) as exc:
+        _error("run", exc)
+        return _FAILED
+    for data, stream in ((result.stdout, sys.stdout), (result.stderr, sys.stderr)):
+        stream.flush()
+        stream.buffer.write(data)
+        stream.buffer.flush()
+    for name, truncated in (("stdout", result.stdout_truncated), ("stderr", result.stderr_truncated)):
+        if truncated:
+            print(f"aionub run: the guest's {name} was cut off after {len(getattr(result, name))} bytes "
+                  "(option max_output_bytes)", file=sys.stderr)
+    code = result.returncode
+    return 128 - code if code < 0 else code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from ._exceptions import KvmUnavailable
 
-    commands = {"demo": _demo, "build": _build, "inspect": _inspect, "call": _call}
+    commands = {"demo": _demo, "build": _build, "inspect": _inspect, "call": _call, "run": _run}
     try:
         return commands[args.command](args)
     except KvmUnavailable as exc:

@@ -42,8 +42,12 @@ class SandboxConfig:
     sig_rt_min_offset: int = 0
     #: Creation fails with InvalidGuest if the guest is not ready by then.
     init_timeout: float = 5.0
-    #: Guest log bytes accepted per call; the rest is dropped with a warning.
+    #: Guest log bytes accepted per call (log records and writes to stdout
+    #: and stderr during a call); the rest is dropped with a warning.
     max_log_bytes: int = 1 * MiB
+    #: Bytes of stdout and of stderr that Sandbox.run() keeps, each; the
+    #: rest is dropped and RunResult says it was truncated.
+    max_output_bytes: int = 1 * MiB
     #: The vCPU thread polls this long for the next command before sleeping.
     spin_time: float = 0.0
 
@@ -60,7 +64,7 @@ class SandboxConfig:
         return config
 
     def validate(self) -> None:
-        for name in ("memory_size", "stack_size", "input_size", "output_size", "max_log_bytes"):
+        for name in ("memory_size", "stack_size", "input_size", "output_size", "max_log_bytes", "max_output_bytes"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise TypeError(f"{name} must be an int, not {type(value).__name__}")

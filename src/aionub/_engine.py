@@ -1,7 +1,7 @@
 """The engine behind a Sandbox: the one owner of its native object, its
 event-loop bindings and its lifecycle (``_lifecycle.py``). It runs the
-commands — creation, calls, snapshots, restores — on the vCPU thread and
-tears everything down.
+commands — creation, calls, runs, snapshots, restores — on the vCPU thread
+and tears everything down.
 
 Ownership: only the engine holds the ``NativeSandbox``; bindings borrow it
 and are closed before it is released, and it is released only when no
@@ -36,10 +36,13 @@ from ._native import (
     EV_LOG,
     EV_READY,
     EV_RESULT,
+    EV_SYS,
     NativeSandbox,
     lib,
 )
 from ._results import decode_result
+from ._run import RunResult, decode_exit
+from ._syscalls import FileProvider, RunIO
 from ._wire import GuestFunction, decode_ready
 
 __all__ = ("Engine", "fork_generation", "now")
@@ -66,7 +69,7 @@ def fork_generation() -> int:
 class Engine:
     __slots__ = (
         "native", "ih", "config", "lifecycle", "binding", "services", "functions", "has_main",
-        "input_used", "deadline", "label", "generation", "at_snapshot",
+        "input_used", "deadline", "label", "generation", "at_snapshot", "boot_snapshot",
     )
 
     def __init__(
@@ -76,6 +79,7 @@ class Engine:
         host_functions: dict[str, HostFunction],
         label: str,
         sandbox_id: int,
+        files: FileProvider | None = None,
     ) -> None:
         self.native: NativeSandbox | None = native
         self.ih = native.interrupt()
@@ -83,7 +87,9 @@ class Engine:
         self.label = label
         self.lifecycle = Lifecycle(f"sandbox {sandbox_id}")
         self.binding: Binding | None = None
-        self.services = GuestServices(host_functions, sandbox_id, config.output_size, config.max_log_bytes)
+        self.services = GuestServices(
+            host_functions, sandbox_id, config.output_size, config.max_log_bytes, files
+        )
         self.functions: dict[str, GuestFunction] = {}
         self.has_main = False  # the guest defines main(): Sandbox.run() works
         # High-water mark of the host's writes into the input buffer since
@@ -95,6 +101,9 @@ class Engine:
         # since it was taken or restored (the pool re-issues a sandbox only
         # then).
         self.at_snapshot: Any = None
+        # For guests with main(): the state right after start-up, which
+        # every run starts from (like exec'ing a fresh process).
+        self.boot_snapshot: Any = None
 
     # ---- checks -------------------------------------------------------------------------
 
@@ -154,6 +163,8 @@ class Engine:
             if native.event.kind == _native.EV_CREATE_FAILED:
                 raise  # the host could not create the VM (VmError): not the guest's fault
             raise InvalidGuest(f"guest {self.label} failed during initialisation: {exc}") from exc
+        finally:
+            self.services.finish_call()  # output lines start-up left unfinished
         if timed_out:
             raise InvalidGuest(f"guest {self.label} did not become ready within {self.config.init_timeout} s")
         if kind != EV_READY:
@@ -164,6 +175,10 @@ class Engine:
         except GuestProtocolError as exc:
             raise InvalidGuest(f"guest {self.label}: {exc}") from None
         self.lifecycle.end()
+        if self.has_main:
+            # Sparse (only pages written so far) and, being the current
+            # state, free to hand out again (snapshot() below).
+            self.boot_snapshot = await self.snapshot()
 
     # ---- calls --------------------------------------------------------------------------
 
@@ -195,6 +210,48 @@ class Engine:
             self.services.end_call()
             return value
         finally:
+            self.services.finish_call()
+            self.lifecycle.end()
+
+    # ---- runs ---------------------------------------------------------------------------
+
+    async def run(
+        self, binding: Binding, args: tuple[str, ...], request: bytes, stdin: bytes, deadline: float | None
+    ) -> RunResult:
+        """One run of main(); the caller holds ``binding.lock``. Restores
+        the boot snapshot first unless the sandbox is exactly at it (which
+        also clears poisoning): state left by earlier calls and runs is
+        discarded."""
+        what = f"the run of {args[0]}"
+        if self.at_snapshot is not self.boot_snapshot:
+            await self.restore_locked(binding, self.boot_snapshot)
+        self.lifecycle.begin(what)
+        self.at_snapshot = None
+        io = RunIO(stdin, self.config.max_output_bytes)
+        try:
+            native = self.native
+            assert native is not None
+            native.input[: len(request)] = request
+            if len(request) > self.input_used:
+                self.input_used = len(request)
+            self.deadline = deadline
+            self.services.begin_call(io)
+            binding.submit(lib.ab_sandbox_submit, CMD_CALL)
+            kind = await self.drive(binding, what)
+            if kind != EV_RESULT:
+                self.poison(f"{what} signalled READY instead of exiting")
+                raise GuestProtocolError(f"the guest signalled READY during {what}")
+            try:
+                code = decode_exit(native.output, native.event.length, args[0])
+            except GuestProtocolError as exc:
+                self.poison(str(exc))
+                raise
+            self.services.end_call()
+            return RunResult(
+                args, code, bytes(io.stdout), bytes(io.stderr), io.stdout_truncated, io.stderr_truncated
+            )
+        finally:
+            self.services.finish_call()
             self.lifecycle.end()
 
     async def drive(self, binding: Binding, what: str) -> int:
@@ -220,12 +277,10 @@ class Engine:
                         # asking for one while it starts up is not in one.
                         raise GuestProtocolError(f"the guest called a host function during {what}")
                     await services.serve_host_call(native.output, native.event.length)
-                    # [H1] A deadline that passed, or a cancellation that
-                    # arrived, while a sync host function blocked the loop
-                    # takes effect here: the guest is never resumed after it.
-                    if self.deadline is not None and now() >= self.deadline:
-                        raise CallTimeout(f"{what} did not finish within its timeout; the guest was stopped")
-                    await binding.checkpoint_if_cancelled()
+                    await self._check_deadline(binding, what)
+                elif kind == EV_SYS:
+                    await services.sys.serve(native.output, native.event.length)
+                    await self._check_deadline(binding, what)
                 else:
                     raise self._event_error(kind)
                 if self.lifecycle.is_closed:
@@ -243,6 +298,15 @@ class Engine:
             self.poison(f"{what} did not run to completion ({type(exc).__name__}: {exc})")
             raise
 
+    async def _check_deadline(self, binding: Binding, what: str) -> None:
+        """[H1] A deadline that passed, or a cancellation that arrived, while
+        the host worked for the guest (a sync host function blocking the
+        loop, a system request) takes effect here: the guest is never
+        resumed after it."""
+        if self.deadline is not None and now() >= self.deadline:
+            raise CallTimeout(f"{what} did not finish within its timeout; the guest was stopped")
+        await binding.checkpoint_if_cancelled()
+
     def _event_error(self, kind: int) -> SandboxError:
         native = self.native
         assert native is not None
@@ -258,10 +322,16 @@ class Engine:
     # ---- snapshots ----------------------------------------------------------------------
 
     async def snapshot(self) -> Any:
-        """Take a snapshot: the native result, freed by the GC."""
+        """Take a snapshot: the native result, freed by the GC. If guest
+        state still equals a snapshot (nothing ran since it was taken or
+        restored), that one is handed out again: it is exact, and restores
+        between the two stay on the fast path."""
         self.check_usable()
         binding = self.bind()
         async with binding.lock:
+            if self.at_snapshot is not None:
+                self.lifecycle.check_usable()  # closed while we waited for the lock?
+                return self.at_snapshot
             self.lifecycle.begin("snapshot()")
             deferred: Deferred = None
             try:
@@ -284,30 +354,32 @@ class Engine:
         self.check_open()
         binding = self.bind()
         async with binding.lock:
-            self.lifecycle.begin("restore()", restoring=True)
-            deferred: Deferred = None
-            restored = False
-            self.at_snapshot = None
+            await self.restore_locked(binding, snapshot_ptr)
+
+    async def restore_locked(self, binding: Binding, snapshot_ptr: Any) -> None:
+        """restore() for a caller that holds ``binding.lock``."""
+        self.lifecycle.begin("restore()", restoring=True)
+        deferred: Deferred = None
+        restored = False
+        self.at_snapshot = None
+        try:
+            native = self.native
+            assert native is not None
+            binding.submit(lib.ab_sandbox_submit_restore, snapshot_ptr, self.input_used, self.services.output_used)
+            _, deferred = await binding.finish()
             try:
-                native = self.native
-                assert native is not None
-                binding.submit(
-                    lib.ab_sandbox_submit_restore, snapshot_ptr, self.input_used, self.services.output_used
-                )
-                _, deferred = await binding.finish()
-                try:
-                    native.check_restored()
-                except ValueError:
-                    raise  # refused before anything changed: the state is as it was
-                except SandboxError as exc:
-                    self.poison(f"restore() failed: {exc}")
-                    raise
-                self.input_used = self.services.output_used = 0
-                self.at_snapshot = snapshot_ptr
-                restored = True
-            finally:
-                self.lifecycle.end(restored=restored)
-            await deliver(deferred)
+                native.check_restored()
+            except ValueError:
+                raise  # refused before anything changed: the state is as it was
+            except SandboxError as exc:
+                self.poison(f"restore() failed: {exc}")
+                raise
+            self.input_used = self.services.output_used = 0
+            self.at_snapshot = snapshot_ptr
+            restored = True
+        finally:
+            self.lifecycle.end(restored=restored)
+        await deliver(deferred)
 
     # ---- closing -------------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
-"""What the host does for a guest in the middle of a call: log records and
-host-function calls. Everything here reads records the guest wrote, so
-everything is validated (``_wire.Reader``) before use."""
+"""What the host does for a guest in the middle of a call: log records,
+host-function calls and (through ``_syscalls``) system requests. Everything
+here reads records the guest wrote, so everything is validated
+(``_wire.Reader``) before use."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import anyio
 
 from . import _abi
 from ._exceptions import HostFunctionError, SandboxClosed
+from ._syscalls import FileProvider, RunIO, SystemServices
 from ._wire import Reader, decode_args, encode_value
 
 __all__ = ("HostFunction", "GuestServices", "check_host_functions")
@@ -49,11 +51,16 @@ class GuestServices:
 
     __slots__ = (
         "host_functions", "sandbox_id", "output_size", "max_log_bytes",
-        "host_error", "log_budget", "log_dropped", "output_used", "host_call_scope",
+        "host_error", "log_budget", "log_dropped", "output_used", "host_call_scope", "sys",
     )
 
     def __init__(
-        self, host_functions: dict[str, HostFunction], sandbox_id: int, output_size: int, max_log_bytes: int
+        self,
+        host_functions: dict[str, HostFunction],
+        sandbox_id: int,
+        output_size: int,
+        max_log_bytes: int,
+        files: FileProvider | None = None,
     ) -> None:
         self.host_functions = host_functions
         self.sandbox_id = sandbox_id
@@ -68,11 +75,18 @@ class GuestServices:
         # While an async host function runs: its cancel scope and the thread
         # of its event loop, so that aclose() can stop it.
         self.host_call_scope: tuple[anyio.CancelScope, int] | None = None
+        self.sys = SystemServices(self, files)
 
-    def begin_call(self) -> None:
+    def begin_call(self, run: RunIO | None = None) -> None:
+        """A call (or, with ``run``, a run) starts."""
         self.host_error = None
         self.log_budget = self.max_log_bytes
         self.log_dropped = False
+        self.sys.begin(run)
+
+    def finish_call(self) -> None:
+        """A call ended, however: log the output lines it left unfinished."""
+        self.sys.flush()
 
     def end_call(self) -> None:
         """After a result: raise the first host-function error of the call,

@@ -27,12 +27,15 @@ EV_CREATE_FAILED = lib.AB_EV_CREATE_FAILED
 EV_SNAPSHOT = lib.AB_EV_SNAPSHOT
 EV_RESTORED = lib.AB_EV_RESTORED
 EV_TORN_DOWN = lib.AB_EV_TORN_DOWN
+EV_SYS = lib.AB_EV_SYS
 CMD_CALL = lib.AB_CMD_CALL
 CMD_RESUME = lib.AB_CMD_RESUME
 EXIT_SHUTDOWN = lib.AB_EXIT_SHUTDOWN
 EAGAIN = -errno.EAGAIN
 
-STATS_FIELDS = ("calls", "runs", "cancellations", "signals_sent", "stale_kicks", "handler_reinstalls")
+STATS_FIELDS = (
+    "calls", "runs", "cancellations", "signals_sent", "stale_kicks", "handler_reinstalls", "sys_fast",
+)
 
 
 def _message(buf: Any) -> str:

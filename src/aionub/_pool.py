@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -16,8 +16,10 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ._config import SandboxConfig
 from ._exceptions import SandboxClosed, SandboxError
 from ._hostcalls import HostFunction, check_host_functions
+from ._run import RunResult
 from ._sandbox import Sandbox, _read_guest
 from ._snapshot import Snapshot
+from ._syscalls import check_files
 
 __all__ = ("SandboxPool", "PoolTimeout")
 
@@ -41,7 +43,10 @@ class SandboxPool:
     one user did (including poisoning it) is undone before the next user
     gets it. When every sandbox is busy, ``acquire`` waits, first come first
     served, for at most ``acquire_timeout`` seconds (None: no limit), then
-    raises :class:`PoolTimeout`. Other keyword arguments are sandbox options.
+    raises :class:`PoolTimeout`. ``host_functions`` and ``files`` are given
+    to every sandbox; other keyword arguments are sandbox options.
+
+    :meth:`call` and :meth:`run` do one call or run on a sandbox of the pool.
     """
 
     def __init__(
@@ -52,6 +57,7 @@ class SandboxPool:
         max_size: int | None = None,
         acquire_timeout: float | None = None,
         host_functions: Mapping[str, HostFunction] | None = None,
+        files: Mapping[str, bytes] | None = None,
         **config: Any,
     ) -> None:
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
@@ -70,6 +76,7 @@ class SandboxPool:
         SandboxConfig.from_kwargs(config)  # fail early on bad options
         self._image, self._label = _read_guest(guest)
         self._host_functions = check_host_functions(host_functions)
+        self._files = check_files(files)
         self._config = config
         self._size = size
         self._max_size = max_size
@@ -133,6 +140,23 @@ class SandboxPool:
         """``async with pool.acquire() as sandbox: ...``"""
         return _Checkout(self)
 
+    async def call(self, name: str, /, *args: Any, timeout: float | None = None) -> Any:
+        """``Sandbox.call`` on a sandbox of the pool (acquired, then reset)."""
+        async with self.acquire() as sandbox:
+            return await sandbox.call(name, *args, timeout=timeout)
+
+    async def run(
+        self,
+        argv: Sequence[str] = (),
+        *,
+        stdin: bytes | str = b"",
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> RunResult:
+        """``Sandbox.run`` on a sandbox of the pool (acquired, then reset)."""
+        async with self.acquire() as sandbox:
+            return await sandbox.run(argv, stdin=stdin, env=env, timeout=timeout)
+
     @property
     def size(self) -> int:
         """Sandboxes alive now, idle or busy."""
@@ -148,7 +172,9 @@ class SandboxPool:
         return f"<SandboxPool {self._label} [{state}]>"
 
     async def _new_entry(self) -> _Entry:
-        sandbox = await Sandbox.create(self._image, host_functions=self._host_functions, **self._config)
+        sandbox = await Sandbox.create(
+            self._image, host_functions=self._host_functions, files=self._files, **self._config
+        )
         try:
             snapshot = await sandbox.snapshot()
         except BaseException:

@@ -3,8 +3,9 @@
 This module is the public face: argument checking and the API. The engine
 (``_engine.py``) owns the native sandbox and runs commands; its lifecycle
 (``_lifecycle.py``) is the one state machine; host calls and logs live in
-``_hostcalls.py``, result decoding in ``_results.py``, and everything that
-differs between asyncio and trio in ``_binding.py``.
+``_hostcalls.py`` and ``_syscalls.py``, result decoding in ``_results.py``,
+runs of main() in ``_run.py``, and everything that differs between asyncio
+and trio in ``_binding.py``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Callable, Coroutine, Generator, Mapping
+from collections.abc import Callable, Coroutine, Generator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -26,7 +27,9 @@ from ._hostcalls import HostFunction, check_host_functions
 from ._interrupt import InterruptHandle
 from ._lifecycle import State
 from ._native import NativeSandbox
+from ._run import RunResult, check_argv, check_env, check_stdin, encode_run
 from ._snapshot import Snapshot
+from ._syscalls import FileProvider, check_files
 from ._wire import GuestFunction, encode_call
 
 __all__ = ("Sandbox",)
@@ -49,6 +52,11 @@ def _read_guest(guest: object) -> tuple[bytes, str]:
         except IsADirectoryError:
             raise InvalidGuest(f"guest {str(path)!r} is a directory, not an ELF file") from None
     raise TypeError(f"guest must be a path or the bytes of an ELF file, not {type(guest).__name__}")
+
+
+def _program_name(label: str) -> str:
+    """argv[0] when the caller gives none: the guest file's name."""
+    return "guest" if label == "<bytes>" else os.path.basename(label) or label
 
 
 def _check_timeout(timeout: object) -> float | None:
@@ -125,10 +133,11 @@ class Sandbox:
         config: SandboxConfig,
         host_functions: dict[str, HostFunction],
         label: str,
+        files: FileProvider | None = None,
     ) -> None:
         self.id = next(_ids)
         self._label = label
-        self._engine = Engine(native, config, host_functions, label, self.id)
+        self._engine = Engine(native, config, host_functions, label, self.id, files)
         self._ih = self._engine.ih
         self._prefixes: dict[str, bytes] = {}
 
@@ -140,23 +149,27 @@ class Sandbox:
         guest: str | os.PathLike[str] | bytes,
         *,
         host_functions: Mapping[str, HostFunction] | None = None,
+        files: Mapping[str, bytes] | None = None,
         **config: Any,
     ) -> _Creation:
         """Create a sandbox running ``guest`` (a path or the bytes of a guest
         ELF). ``host_functions`` maps names the guest may call to callables,
-        sync or ``async def``. ``config`` takes the fields of
-        :class:`SandboxConfig`.
+        sync or ``async def``. ``files`` maps absolute guest paths to the
+        contents the guest may read (stat/pread); any Mapping works, looked
+        up at each request, and a dict is checked now. ``config`` takes the
+        fields of :class:`SandboxConfig`.
 
         Await the result, or use it with ``async with`` to close the sandbox
         on exit. Raises :class:`KvmUnavailable`, :class:`InvalidGuest`,
         ``TypeError``/``ValueError`` for bad options."""
         options = SandboxConfig.from_kwargs(config)
         functions = check_host_functions(host_functions)
+        provider = check_files(files)
         image, label = _read_guest(guest)
 
         async def factory() -> Sandbox:
             native = NativeSandbox(options.to_native(), image)
-            sandbox = cls(native, options, functions, label)
+            sandbox = cls(native, options, functions, label, provider)
             try:
                 await sandbox._engine.boot()
             except BaseException:
@@ -199,7 +212,8 @@ class Sandbox:
 
     def stats(self) -> dict[str, int]:
         """Counters of this sandbox: calls, runs (KVM_RUN ioctls),
-        cancellations, signals_sent, stale_kicks, handler_reinstalls."""
+        cancellations, signals_sent, stale_kicks, handler_reinstalls,
+        sys_fast (system requests the C core answered without Python)."""
         self._engine.check_open()
         native = self._engine.native
         assert native is not None
@@ -246,11 +260,61 @@ class Sandbox:
                 raise self._timed_out(name, seconds)
             return value
 
-    def _timed_out(self, name: str, timeout: float) -> CallTimeout:
+    async def run(
+        self,
+        argv: Sequence[str] = (),
+        *,
+        stdin: bytes | str = b"",
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> RunResult:
+        """Run the guest's ``main(argc, argv, envp)`` like a program and
+        return a :class:`RunResult` (exit status, stdout, stderr).
+
+        ``argv[0]`` is the program name (an empty ``argv`` means the guest's
+        file name); ``env`` becomes ``K=V`` strings; ``stdin`` (bytes, or
+        str as UTF-8) is what the guest reads from fd 0.
+
+        Every run starts from the state right after start-up, like a fresh
+        process: state left by earlier calls and runs is discarded, and a
+        poisoned sandbox becomes usable again. ``timeout`` and cancellation
+        stop the guest as for :meth:`call` (the sandbox is then poisoned
+        until the next run or restore). Raises GuestFunctionNotFound for a
+        guest without ``main()``."""
+        engine = self._engine
+        engine.check_open()
+        if not engine.has_main:
+            raise GuestFunctionNotFound(
+                f"guest {self._label} has no main() to run; it can only be called "
+                f"(functions: {', '.join(sorted(engine.functions)) or 'none'})"
+            )
+        args = check_argv(argv, _program_name(self._label))
+        request = encode_run(args, check_env(env))
+        data = check_stdin(stdin)
+        if len(request) > engine.config.input_size:
+            raise ValueError(
+                f"the arguments and environment of the run take {len(request)} bytes, more than the "
+                f"{engine.config.input_size}-byte input buffer (option input_size)"
+            )
+        seconds = _check_timeout(timeout)
+        binding = engine.bind()
+        async with binding.lock:
+            if seconds is None:
+                return await engine.run(binding, args, request, data, None)
+            deadline = now() + seconds
+            result, expired = await binding.with_timeout(
+                lambda: engine.run(binding, args, request, data, deadline), seconds
+            )
+            if result is None or expired:
+                raise self._timed_out(f"the run of {args[0]}", seconds, call=False)
+            return result
+
+    def _timed_out(self, name: str, timeout: float, *, call: bool = True) -> CallTimeout:
         lifecycle = self._engine.lifecycle
+        what = f"{name}()" if call else name
         if lifecycle.poison is not None:  # not if the guest finished as the deadline hit
-            lifecycle.poison = f"a call to {name}() timed out after {timeout} s"
-        return CallTimeout(f"{name}() did not finish within {timeout:g} s; the guest was stopped")
+            lifecycle.poison = f"{'a call to ' if call else ''}{what} timed out after {timeout} s"
+        return CallTimeout(f"{what} did not finish within {timeout:g} s; the guest was stopped")
 
     async def snapshot(self) -> Snapshot:
         """Capture guest memory and all vCPU state. Refused (SandboxPoisoned)

@@ -27,6 +27,7 @@ __all__ = (
 
 _U32 = struct.Struct("<I")
 _I64 = struct.Struct("<q")
+_U64 = struct.Struct("<Q")
 _F64 = struct.Struct("<d")
 _I64_MIN = -(2**63)
 _I64_MAX = 2**63 - 1
@@ -164,6 +165,14 @@ class Reader:
 
     def f64(self) -> float:
         return _F64.unpack_from(self.buf, self._take(8))[0]  # type: ignore[no-any-return]
+
+    def chunk(self, n: int) -> bytes:
+        """``n`` bytes as they are (no terminator)."""
+        start = self._take(n)
+        return bytes(self.buf[start : start + n])
+
+    def u64(self) -> int:
+        return _U64.unpack_from(self.buf, self._take(8))[0]  # type: ignore[no-any-return]
 
     def raw(self) -> bytes:
         n = self.u32()

@@ -2,11 +2,16 @@
 tests with ``aionub.build_guest`` and cached for the test session.
 
 ``hostile.c`` exports one function per misbehaviour after start-up;
+``syscalls.c`` makes raw system requests (AB_PORT_SYS) built by the tests;
+``fake_main.c`` stands in for a guest with main() (it speaks the run
+protocol itself, without the SDK runtime);
 ``bad_init.c`` misbehaves before the guest is ready, in the way selected by
 its stack size (``bad_init_options``)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import threading
 from pathlib import Path
 from typing import Any
@@ -65,3 +70,29 @@ def bad_init_guest(factory: pytest.TempPathFactory) -> Path:
 def hostile_guest(factory: pytest.TempPathFactory) -> Path:
     """``hostile.c``, built once per session."""
     return _build(factory, "hostile")
+
+
+def syscalls_guest(factory: pytest.TempPathFactory) -> Path:
+    """``syscalls.c`` (raw system requests), built once per session."""
+    return _build(factory, "syscalls")
+
+
+def fake_main_guest(factory: pytest.TempPathFactory) -> Path:
+    """``fake_main.c``, compiled without the SDK runtime (its own _start),
+    with the SDK's flags and linker script; built once per session."""
+    from aionub._build import GUEST_CFLAGS, GUEST_LDFLAGS, SdkLayout, find_compiler
+
+    with _lock:
+        if "fake_main" not in _built:
+            out = _out_dir(factory) / "fake_main.elf"
+            layout = SdkLayout.installed()
+            # The compiler's stdint.h; no canary (nothing sets up TLS); the
+            # libc's archive only for the string functions gcc calls.
+            flags = [f for f in GUEST_CFLAGS if f not in ("-nostdinc", "-fstack-protector-strong")]
+            include = HERE.parents[1] / "native" / "include"
+            cmd = [*find_compiler(), *flags, "-fno-stack-protector", "-I", os.fspath(include),
+                   os.fspath(HERE / "fake_main.c"), "-o", os.fspath(out), *GUEST_LDFLAGS,
+                   "-T", os.fspath(layout.linker_script), os.fspath(layout.libc_archive)]
+            subprocess.run(cmd, check=True, capture_output=True)
+            _built["fake_main"] = out
+        return _built["fake_main"]

@@ -318,9 +318,11 @@ static int64_t corrupt(const char *what) {
          * heap) and its record claims more bytes than the buffer has */
         ab__out_size = (size_t)1 << 30;
     } else if (is(what, "heap")) {
-        /* scribble over the allocator's chunk headers, then use it */
-        memset((void *)(uintptr_t)boot()->heap_addr, 0x5a, 4096);
-        void *p = malloc(100);
+        /* scribble over an allocation's in-band header (and its group's
+         * header before it), then free it */
+        uint8_t *p = malloc(100);
+        OPAQUE(p);
+        memset(p - 16, 0x5a, 16);
         OPAQUE(p);
         free(p);
     } else if (is(what, "exports")) {
@@ -714,6 +716,22 @@ static void load_selector(const char *seg, uint16_t sel) {
         ab_abort(2, "load_selector: unknown %s", seg);
 }
 
+/* The FS base is musl's thread pointer (the stack-protector canary and
+ * errno live there), so a guest that points it anywhere else faults at its
+ * next use. fsbase 0 moves it legitimately instead: the thread block and
+ * the TLS below it are copied to a new place, the copy's self-pointer
+ * fixed, and FS pointed at the copy. */
+static uint8_t moved_tls[16384] __attribute__((aligned(4096)));
+
+static void move_thread_pointer(void) {
+    uint8_t *tp;
+    __asm__ volatile("movq %%fs:0, %0" : "=r"(tp)); /* musl: self-pointer at 0 */
+    uint8_t *to = moved_tls + sizeof moved_tls / 2;
+    memcpy(moved_tls, tp - sizeof moved_tls / 2, sizeof moved_tls);
+    memcpy(to, &to, sizeof to);
+    __asm__ volatile("wrfsbase %0" : : "r"(to) : "memory");
+}
+
 /* Write register class `what` from `v` and return normally (leaving it so). */
 static int64_t set_reg(const char *what, int64_t v) {
     uint64_t u = (uint64_t)v;
@@ -733,7 +751,10 @@ static int64_t set_reg(const char *what, int64_t v) {
     } else if (is(what, "k7")) {
         set_k7(v);
     } else if (is(what, "fsbase")) {
-        __asm__ volatile("wrfsbase %0" : : "r"(u));
+        if (u == 0)
+            move_thread_pointer();
+        else
+            __asm__ volatile("wrfsbase %0" : : "r"(u));
     } else if (is(what, "gsbase")) {
         __asm__ volatile("wrgsbase %0" : : "r"(u));
     } else if (is(what, "ds") || is(what, "es") || is(what, "fs") || is(what, "gs")) {

@@ -5,6 +5,8 @@
 #ifndef AB_RUNTIME_INTERNAL_H
 #define AB_RUNTIME_INTERNAL_H
 
+#define _GNU_SOURCE 1 /* musl's full API (MREMAP_MAYMOVE, strsignal, ...) */
+
 #include <aionub_guest.h>
 
 /* One hypercall: `out port, eax` with eax = bytes written at the start of the
@@ -22,6 +24,8 @@ extern uint8_t *ab__out;
 extern size_t ab__out_size;
 /* True while a guest call is being served (host calls are allowed). */
 extern bool ab__in_call;
+/* AB_BOOT_* flags from the boot info. */
+extern uint32_t ab__boot_flags;
 
 /* ---- encoding into the output buffer ------------------------------------- */
 
@@ -115,7 +119,44 @@ size_t ab__put_messagef(size_t offset, const char *fmt, ...) __attribute__((form
 /* Length of the longest valid UTF-8 prefix of s[0..n). */
 size_t ab__utf8_valid_prefix(const uint8_t *s, size_t n);
 
-void ab__heap_init(void *base, size_t size);
+/* ---- the pieces of the system-call layer (syscall.c dispatches) ----------- */
+
+/* A system request to the host (AB_PORT_SYS): ab__sys_begin() starts the
+ * request in the output buffer; ab__sys_call() sends it and returns the
+ * result (>= 0 or -errno). Reply data, if any, is at ab__sys_data(). */
+ab__writer ab__sys_begin(uint32_t op);
+int64_t ab__sys_call(ab__writer *w);
+static inline const uint8_t *ab__sys_data(void) { return ab__out + AB_SYS_REPLY_HEADER; }
+/* The most reply data that fits the output buffer. */
+static inline size_t ab__sys_room(void) {
+    return ab__out_size > AB_SYS_REPLY_HEADER ? ab__out_size - AB_SYS_REPLY_HEADER : 0;
+}
+
+/* pages.c: brk and anonymous mmap over the heap region. */
+void ab__pages_init(uintptr_t base, size_t size);
+long ab__sys_brk(uintptr_t addr);
+long ab__sys_mmap(uintptr_t addr, size_t len, int prot, int flags, int fd, long off);
+long ab__sys_munmap(uintptr_t addr, size_t len);
+long ab__sys_mremap(uintptr_t old, size_t old_len, size_t new_len, int flags, uintptr_t new_addr);
+long ab__sys_madvise(uintptr_t addr, size_t len, int advice);
+long ab__sys_mprotect(uintptr_t addr, size_t len, int prot);
+
+/* files.c: the descriptor table, stdio fds and the host's read-only files. */
+long ab__file_syscall(long n, long a1, long a2, long a3, long a4, long a5, long a6, bool *handled);
+
+/* signals.c: dispositions, the mask and synchronous delivery to ourselves. */
+long ab__signal_syscall(long n, long a1, long a2, long a3, long a4, bool *handled);
+
+/* process.c: libc start-up, runs of main() and the ways they end. */
+void ab__process_init(const struct ab_boot_info *bi);
+bool ab__has_main(void);
+size_t ab__run(ab__reader *r);
+/* exit_group(code), or termination by signal `sig` (code ignored) */
+_Noreturn void ab__exit(int code, int sig);
+/* Flush stdio so that buffered output reaches the host. */
+void ab__flush_stdio(void);
+/* The name of the call being served ("" outside calls), for messages. */
+extern const char *ab__current_call;
 
 /* Python's name for a tag, for error messages. */
 const char *ab__type_name(unsigned tag);

@@ -4,6 +4,8 @@
  */
 #include "internal.h"
 
+#include <limits.h>
+
 size_t ab__utf8_valid_prefix(const uint8_t *s, size_t n) {
     size_t i = 0;
     while (i < n) {
@@ -72,8 +74,8 @@ size_t ab__put_message(size_t offset, const char *fmt, va_list ap) {
         return 0;
     char *msg = (char *)ab__out + offset + 4;
     size_t cap = ab__out_size - offset - 4; /* including the NUL */
-    if (cap - 1 > UINT32_MAX)
-        cap = (size_t)UINT32_MAX + 1;
+    if (cap > INT_MAX) /* vsnprintf's limit, far above any record size */
+        cap = INT_MAX;
     int r = vsnprintf(msg, cap, fmt, ap);
     size_t len = r < 0 ? 0 : (size_t)r;
     bool truncated = len > cap - 1;
@@ -128,10 +130,4 @@ _Noreturn void ab_abort(int64_t code, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     ab_vabort(code, fmt, ap);
-}
-
-_Noreturn void abort(void) { ab_abort(-1, "abort() called"); }
-
-_Noreturn void ab__assert_fail(const char *expr, const char *file, int line, const char *func) {
-    ab_abort(-1, "assertion failed: %s (%s:%d, in %s())", expr, file, line, func);
 }

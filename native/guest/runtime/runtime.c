@@ -1,11 +1,13 @@
 /*
  * aionub guest runtime: start-up, the function table and the dispatch loop.
  *
- *   _start (start.S) -> ab__main: check the boot info, set up the heap, run
- *   constructors, build the function table from the .ab_exports section,
- *   write it to the output buffer, out READY; then forever: decode the call
- *   request in the input buffer, call the function, write the result record,
- *   out RESULT. Each resume by the host starts the next call.
+ *   _start (start.S) -> ab__main: check the boot info, set up the memory
+ *   that brk and mmap hand out, start musl (TLS, the stack-protector canary,
+ *   constructors: process.c), build the function table from the
+ *   .ab_exports section, write it to the output buffer, out READY; then
+ *   forever: decode the request in the input buffer (a call, or a run of
+ *   main()), serve it, write the result record, out RESULT. Each resume by
+ *   the host starts the next request.
  */
 #include "internal.h"
 
@@ -14,11 +16,10 @@ size_t ab__in_size;
 uint8_t *ab__out;
 size_t ab__out_size;
 bool ab__in_call;
+uint32_t ab__boot_flags;
 
 /* Provided by guest.ld. */
 extern const struct ab_export __ab_exports_start[], __ab_exports_end[];
-extern void (*const __init_array_start[])(void);
-extern void (*const __init_array_end[])(void);
 
 /* Exported functions sorted by (name length, name bytes) for binary search. */
 typedef struct {
@@ -125,8 +126,8 @@ static const fn_entry *lookup(const uint8_t *name, size_t len) {
     return NULL;
 }
 
-/* function table := count:u32, count x (name:string, ret:u8, nparams:u8, tags) */
-static size_t write_function_table(void) {
+/* ready := count:u32, count x (name:string, ret:u8, nparams:u8, tags), flags:u32 */
+static size_t write_ready_record(void) {
     ab__writer w = {ab__out, ab__out_size, 0, false};
     ab__put_u32(&w, (uint32_t)nfns);
     for (size_t i = 0; i < nfns; i++) {
@@ -136,7 +137,7 @@ static size_t write_function_table(void) {
         ab__put_u8(&w, e->nparams);
         ab__put(&w, e->params, e->nparams);
     }
-    ab__put_u32(&w, 0); /* flags */
+    ab__put_u32(&w, ab__has_main() ? AB_READY_HAS_MAIN : 0);
     if (w.full)
         ab_abort(-1, "the function table (%zu functions) does not fit in the output buffer "
                      "(%zu bytes)", nfns, ab__out_size);
@@ -190,9 +191,13 @@ _Noreturn static void result_too_large(const struct ab_export *e, size_t len) {
              e->name, ab__type_name(e->ret), len, ab__out_size);
 }
 
+static size_t call_export(const struct ab_export *e, int64_t *iv, double *fv);
+
 static size_t dispatch(void) {
     ab__reader r = {ab__in, ab__in_size, 0, false};
     unsigned kind = ab__get_u8(&r);
+    if (kind == AB_REQ_RUN)
+        return ab__run(&r);
     if (kind != AB_REQ_CALL)
         return error_result(AB_STATUS_BAD_ARGS, "malformed request: unknown kind %u", kind);
     const uint8_t *name;
@@ -267,17 +272,28 @@ static size_t dispatch(void) {
                                 "malformed call request: bad value for argument %u", i + 1);
     }
 
+    ab__current_call = e->name;
+    size_t n = call_export(e, iv, fv);
+    ab__current_call = "";
+    return n;
+}
+
+/* Calls an export and writes its result record. The status goes in only
+ * after the call returns and stdio is flushed: the function may log, call
+ * the host or leave output in stdio's buffers, and all of that uses the
+ * output buffer. */
+static size_t call_export(const struct ab_export *e, int64_t *iv, double *fv) {
     ab__writer w = {ab__out, ab__out_size, 0, false};
-    /* The status goes in only after the call returns: the function may log
-     * or call the host, which reuses the output buffer. */
     switch (e->ret) {
     case AB_TAG_NONE:
         ((fn_void)e->fn)(AB__ARGS(iv, fv));
+        ab__flush_stdio();
         ab__put_u8(&w, AB_STATUS_OK);
         ab__put_u8(&w, AB_TAG_NONE);
         break;
     case AB_TAG_BOOL: {
         bool b = ((fn_bool)e->fn)(AB__ARGS(iv, fv));
+        ab__flush_stdio();
         ab__put_u8(&w, AB_STATUS_OK);
         ab__put_u8(&w, AB_TAG_BOOL);
         ab__put_u8(&w, b ? 1 : 0);
@@ -285,6 +301,7 @@ static size_t dispatch(void) {
     }
     case AB_TAG_INT: {
         int64_t v = ((fn_int)e->fn)(AB__ARGS(iv, fv));
+        ab__flush_stdio();
         ab__put_u8(&w, AB_STATUS_OK);
         ab__put_u8(&w, AB_TAG_INT);
         ab__put_u64(&w, (uint64_t)v);
@@ -292,6 +309,7 @@ static size_t dispatch(void) {
     }
     case AB_TAG_FLOAT: {
         double v = ((fn_float)e->fn)(AB__ARGS(iv, fv));
+        ab__flush_stdio();
         uint64_t bits;
         memcpy(&bits, &v, 8);
         ab__put_u8(&w, AB_STATUS_OK);
@@ -301,6 +319,7 @@ static size_t dispatch(void) {
     }
     case AB_TAG_STR: {
         const char *s = ((fn_str)e->fn)(AB__ARGS(iv, fv));
+        ab__flush_stdio();
         if (!s)
             ab_abort(-1, "%s() returned NULL instead of a str", e->name);
         size_t len = strlen(s);
@@ -316,6 +335,7 @@ static size_t dispatch(void) {
     }
     case AB_TAG_BYTES: {
         ab_bytes b = ((fn_bytes)e->fn)(AB__ARGS(iv, fv));
+        ab__flush_stdio();
         if (!b.data && b.len)
             ab_abort(-1, "%s() returned bytes with a NULL pointer and length %zu", e->name,
                      b.len);
@@ -336,7 +356,8 @@ static size_t dispatch(void) {
 
 _Noreturn void ab__main(const struct ab_boot_info *bi);
 
-_Noreturn void ab__main(const struct ab_boot_info *bi) {
+/* Runs before musl has set up the thread pointer: no stack protector. */
+__attribute__((no_stack_protector)) _Noreturn void ab__main(const struct ab_boot_info *bi) {
     if (!bi || bi->magic != AB_BOOT_MAGIC) {
         /* Without valid boot info there is no output buffer to explain in:
          * an empty abort record is all the host gets. */
@@ -354,13 +375,12 @@ _Noreturn void ab__main(const struct ab_boot_info *bi) {
         ab__in_size = UINT32_MAX;
     if (ab__out_size > UINT32_MAX) /* eax carries the record size */
         ab__out_size = UINT32_MAX;
-    ab__heap_init((void *)(uintptr_t)bi->heap_addr, bi->heap_size);
-
-    for (void (*const *ctor)(void) = __init_array_start; ctor < __init_array_end; ctor++)
-        (*ctor)();
+    ab__boot_flags = bi->flags;
+    ab__pages_init(bi->heap_addr, bi->heap_size);
+    ab__process_init(bi);
 
     build_function_table();
-    AB__OUT(AB_PORT_READY, write_function_table());
+    AB__OUT(AB_PORT_READY, write_ready_record());
     for (;;) {
         ab__in_call = true;
         size_t n = dispatch();

@@ -36,9 +36,10 @@
 /* ---- hypercall ports ---------------------------------------------------- */
 /* The guest does `out PORT, eax` with eax = number of bytes it wrote at the
  * start of the output buffer. The TSS I/O bitmap opens the block
- * AB_IOMAP_FIRST..AB_IOMAP_LAST (a 4-byte `out` to 0xE4 touches 0xE4-0xE7);
- * any other port I/O from CPL3 raises #GP, and the host rejects anything but
- * a 4-byte `out` to AB_PORT_FIRST..AB_PORT_LAST. */
+ * AB_IOMAP_FIRST..AB_IOMAP_LAST: a 4-byte `out` checks the bits of all four
+ * ports it touches, so `out AB_PORT_SYS, eax` needs 0xE5-0xE8 open; any
+ * other port I/O from CPL3 raises #GP, and the host rejects anything but a
+ * 4-byte `out` to AB_PORT_FIRST..AB_PORT_LAST. */
 #define AB_PORT_READY     0xE0 /* init done; output = function table          */
 #define AB_PORT_RESULT    0xE1 /* call done; output = result record           */
 #define AB_PORT_HOSTCALL  0xE2 /* output = host-call request; on resume the
@@ -50,7 +51,7 @@
 #define AB_PORT_FIRST     AB_PORT_READY
 #define AB_PORT_LAST      AB_PORT_SYS
 #define AB_IOMAP_FIRST    0xE0
-#define AB_IOMAP_LAST     0xE7
+#define AB_IOMAP_LAST     0xE8
 /* Written by the CPL0 exception stubs only (closed to CPL3). At the exit,
  * rax = CR2 and rsp points at: vector, error code, then the CPU's
  * interrupt frame (rip, cs, rflags, rsp, ss). */
@@ -88,23 +89,34 @@
 #define AB_READY_HAS_MAIN 1u /* the guest defines main(): it can be run      */
 
 /* ---- system requests (AB_PORT_SYS) ------------------------------------------ */
-/* request := op:u32, operands; reply := result:i64 (>= 0, or -errno), data.
+/* request := op:u32, operands; reply := result:i64 (>= 0, or -errno), data,
+ * written at the start of the output buffer before the guest is resumed.
  * The C core answers the "fast" ops itself on the vCPU thread; the others
  * reach Python. The guest runtime turns musl's system calls into these
- * (docs/abi.md has the table). Every operand is checked by the host.      */
-#define AB_SYS_CLOCK     1  /* fast. clock:u32 (a Linux clock id) ->
-                               result 0, sec:i64, nsec:i64                   */
-#define AB_SYS_RANDOM    2  /* fast. len:u32 -> result n (<= len), n bytes
-                               from the host's CSPRNG                        */
+ * (docs/abi.md has the table). Every operand is checked by the host: a
+ * request shorter or longer than its operands, or with an operand that is
+ * malformed (a length past the record, a path that is not UTF-8 or holds a
+ * NUL), ends the call with GuestProtocolError; an unknown op gets -ENOSYS.
+ * Data in a reply is at most output_size - AB_SYS_REPLY_HEADER bytes.    */
+#define AB_SYS_CLOCK     1  /* fast. clock:u32 (a Linux clock id, 0-7; the
+                               CPU-time clocks are the vCPU thread's) ->
+                               result 0, sec:i64, nsec:i64, or -EINVAL      */
+#define AB_SYS_RANDOM    2  /* fast. len:u32 -> result n (<= len and <=
+                               output_size - 8), n bytes from the host's
+                               CSPRNG                                        */
 #define AB_SYS_SET_FS    3  /* fast. base:u64 -> result 0: sets the FS base
-                               (only without AB_BOOT_FSGSBASE)               */
+                               (needed only without AB_BOOT_FSGSBASE), or
+                               -EINVAL for a non-canonical address          */
 #define AB_SYS_WRITE     16 /* fd:u32, len:u32, len bytes -> result len.
-                               fd 1/2: a run's stdout/stderr, else a log
-                               record per line (INFO / WARNING)            */
+                               fd 1/2: a run's stdout/stderr; in a call a
+                               log record per line (INFO / WARNING); other
+                               fds -EBADF                                    */
 #define AB_SYS_READ      17 /* max:u32 -> result n, n bytes of the run's
                                stdin (0 = end of input)                      */
 #define AB_SYS_STAT      18 /* path:string -> result 0, size:u64, or
-                               -ENOENT / -ENAMETOOLONG (host files)          */
+                               -ENOENT / -ENAMETOOLONG / -EINVAL (relative
+                               path): the files= of Sandbox.create, never
+                               the host's own                                */
 #define AB_SYS_PREAD     19 /* offset:u64, max:u32, path:string -> result n,
                                n bytes of a host file from offset            */
 #define AB_SYS_SLEEP     20 /* ns:u64 -> result 0 after that long (deadlines

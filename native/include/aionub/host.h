@@ -33,6 +33,9 @@ typedef struct ab_interrupt ab_interrupt;
 #define AB_EV_CANCELLED 7    /* the run stopped because CANCEL was set         */
 #define AB_EV_VM_ERROR 8     /* unexpected exit or KVM failure (see fields)    */
 #define AB_EV_CREATE_FAILED 9 /* VM creation failed; error = -errno            */
+#define AB_EV_SYS 13         /* guest made a system request (AB_PORT_SYS) that
+                                the C core does not serve itself: Python
+                                writes the reply and resumes                  */
 
 /* A copy of a KVM exit reason that Python maps to an exception. */
 #define AB_EXIT_SHUTDOWN 8
@@ -83,6 +86,9 @@ struct ab_stats {
     uint64_t handler_reinstalls; /* kick handler found replaced (SIG_DFL,
                                     SIG_IGN, another handler) and re-installed
                                     before a kick or at creation               */
+    uint64_t sys_fast;         /* system requests the C core served on the
+                                  vCPU thread (AB_SYS_CLOCK, _RANDOM, _SET_FS)
+                                  without waking Python                       */
 };
 
 /* Open /dev/kvm (once per process) and check the API. 0 or -errno; errbuf
@@ -145,7 +151,8 @@ void ab_process_stats(struct ab_stats *out);
  * Restoring into the sandbox that took it (the common case) copies back
  * only the pages written since (KVM dirty-page log plus the host's own
  * writes to the input/output buffers, which Python reports as
- * `input_used`/`output_used` high-water marks).
+ * `input_used`/`output_used` high-water marks; the C core adds its own
+ * replies to fast system requests itself).
  *
  * Both run on the vCPU thread, as commands: KVM completes the last exit's
  * port I/O only on the next KVM_RUN, which must come from that thread, and
