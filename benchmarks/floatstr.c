@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static uint64_t next_random(uint64_t *s) { /* xorshift64* */
     *s ^= *s >> 12;
@@ -77,4 +78,16 @@ out:
     free(text);
     free(strs);
     return result;
+}
+
+/* floatstr_run timed from the inside (CLOCK_MONOTONIC, ns), so that every
+ * side is measured the same way whatever it takes to call it. */
+int64_t floatstr_timed(int64_t n, int64_t seed) {
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    const char *r = floatstr_run(n, seed);
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    if (r[0] == 'o') /* "out of memory" */
+        return -1;
+    return (int64_t)(b.tv_sec - a.tv_sec) * 1000000000 + (b.tv_nsec - a.tv_nsec);
 }

@@ -4,3 +4,4 @@
 #include "floatstr.c"
 
 AB_EXPORT(floatstr_run, AB_STR, AB_INT, AB_INT);
+AB_EXPORT(floatstr_timed, AB_INT, AB_INT, AB_INT);
