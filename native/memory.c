@@ -4,6 +4,8 @@
  * docs/abi.md draws the layout. */
 #include "internal.h"
 
+#include <sys/random.h>
+
 #include <errno.h>
 #include <signal.h>
 #include <string.h>
@@ -246,6 +248,11 @@ static void build_boot_info(uint8_t *mem, const struct ab_layout *lay)
         .stack_addr = lay->stack_addr,
         .stack_size = lay->stack_size,
     };
+    /* getrandom(2) returns up to 256 bytes whole and, once the pool is
+     * initialised (long before anyone runs a sandbox), never fails; if it
+     * ever did, the guest runtime asks again with AB_SYS_RANDOM. */
+    if (getrandom(bi.random, sizeof bi.random, 0) != (ssize_t)sizeof bi.random)
+        memset(bi.random, 0, sizeof bi.random);
     memcpy(mem + AB_BOOT_INFO_ADDR, &bi, sizeof bi);
 }
 

@@ -51,13 +51,16 @@ static struct {
 bool ab__has_main(void) { return ab__user_main != NULL; }
 
 __attribute__((no_stack_protector)) void ab__process_init(const struct ab_boot_info *bi) {
-    (void)bi;
     static uint8_t random16[16];
-    ab__writer w = ab__sys_begin(AB_SYS_RANDOM);
-    ab__put_u32(&w, sizeof random16);
-    if (ab__sys_call(&w) != (int64_t)sizeof random16)
-        ab_abort(-1, "the host did not provide random bytes at start-up");
-    memcpy(random16, ab__sys_data(), sizeof random16);
+    static const uint8_t zero[16];
+    memcpy(random16, bi->random, sizeof random16);
+    if (!memcmp(random16, zero, sizeof zero)) { /* the host could not provide them */
+        ab__writer w = ab__sys_begin(AB_SYS_RANDOM);
+        ab__put_u32(&w, sizeof random16);
+        if (ab__sys_call(&w) != (int64_t)sizeof random16)
+            ab_abort(-1, "the host did not provide random bytes at start-up");
+        memcpy(random16, ab__sys_data(), sizeof random16);
+    }
 
     /* envp (empty), then the auxiliary vector, as the kernel lays them out */
     static size_t vec[] = {

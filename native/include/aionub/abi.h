@@ -147,6 +147,8 @@ struct ab_boot_info {
     uint64_t heap_addr, heap_size;
     uint64_t stack_addr, stack_size;   /* initial rsp = stack_addr+stack_size */
     uint64_t tsc_khz; /* the guest TSC's frequency (KVM_GET_TSC_KHZ), 0 if unknown */
+    uint8_t random[16]; /* from the host's CSPRNG at creation (AT_RANDOM: the
+                           stack-protector canary), so start-up needs no exit */
 };
 #define AB_BOOT_FSGSBASE 1u /* CR4.FSGSBASE is set: wrfsbase works at CPL3 */
 #define AB_BOOT_MAGIC 0x31425553414e4f49ull /* "IONASUB1" little-endian */
