@@ -234,6 +234,9 @@ def test_build_guest_reports_compiler_errors(tmp_path: Path, source: str, messag
         _build.build_guest(src, out, sdk=SOURCE_SDK)
     assert info.value.returncode not in (None, 0)
     assert message in info.value.stderr
+    # The compiler's diagnostics come first, the long command line last.
+    text = str(info.value)
+    assert text.index(message) < text.index("\ncommand: ")
     assert not out.exists()
     assert os.listdir(out.parent) == []  # the temporary build directory is gone
 
