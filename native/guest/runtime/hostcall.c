@@ -109,16 +109,28 @@ static int get_value(ab__reader *r, ab_value *out, const char *name) {
     return 0;
 }
 
+static int call_host(const char *name, const ab_value *args, size_t nargs, ab_value *result);
+
 int ab_call_host(const char *name, const ab_value *args, size_t nargs, ab_value *result) {
+    if (result)
+        return call_host(name, args, nargs, result);
+    /* Nobody wants the result: decode it anyway (the status depends on it),
+     * then free what was copied to the heap. */
     ab_value ignored;
-    if (!result)
-        result = &ignored;
+    int r = call_host(name, args, nargs, &ignored);
+    ab_value_free(&ignored);
+    return r;
+}
+
+static int call_host(const char *name, const ab_value *args, size_t nargs, ab_value *result) {
     if (!name)
         return fail(result, "ab_call_host: name is NULL");
     size_t nlen = strnlen(name, AB_MAX_NAME + 1);
     if (nlen == 0 || nlen > AB_MAX_NAME)
         return fail(result, "ab_call_host: a host function name must be 1 to %d bytes",
                     AB_MAX_NAME);
+    if (ab__utf8_valid_prefix((const uint8_t *)name, nlen) != nlen)
+        return fail(result, "ab_call_host: a host function name must be valid UTF-8");
     if (!ab__in_call)
         return fail(result, "host function %s called outside a guest call", name);
     if (nargs > AB_MAX_PARAMS)
