@@ -477,6 +477,10 @@ static void test_hostcall(void) {
               ab__utf8_valid_prefix(r.buf.ptr, r.buf.len) == r.buf.len,
           "a name that is not UTF-8 is not sent: %s", (const char *)r.buf.ptr);
     ab_value_free(&r);
+    ab_value badstr = ab_strn("ok\xc3(", 4);
+    CHECK(ab_call_host("x", &badstr, 1, &r) == -1 && strstr(r.buf.ptr, "argument 1 is a str that is not valid UTF-8"),
+          "a str argument that is not UTF-8 is not sent");
+    ab_value_free(&r);
     ab_value many[17];
     for (int i = 0; i < 17; i++)
         many[i] = ab_int(i);

@@ -142,10 +142,16 @@ static int call_host(const char *name, const ab_value *args, size_t nargs, ab_va
     ab__writer w = {ab__out, ab__out_size, 0, false};
     ab__put_lstr(&w, name, nlen);
     ab__put_u8(&w, (uint8_t)nargs);
-    for (size_t i = 0; i < nargs; i++)
+    for (size_t i = 0; i < nargs; i++) {
         if (!put_value(&w, &args[i]))
             return fail(result, "host function %s: argument %zu is not a valid ab_value", name,
                         i + 1);
+        /* the host would take a str that is not UTF-8 for a protocol violation */
+        if (args[i].type == AB_STR &&
+            ab__utf8_valid_prefix(args[i].buf.ptr, args[i].buf.len) != args[i].buf.len)
+            return fail(result, "host function %s: argument %zu is a str that is not valid UTF-8",
+                        name, i + 1);
+    }
     if (w.full)
         return fail(result,
                     "host function %s: the arguments do not fit in the output buffer "
