@@ -11,7 +11,6 @@ import pytest
 
 import aionub
 
-
 KVM_DEVICE = "/dev/kvm"
 kvm_missing = not os.path.exists(KVM_DEVICE)
 

@@ -47,8 +47,12 @@ def test_runtime_c_code_natively(tmp_path: Path) -> None:
     gcc = _tool("gcc")
     (tmp_path / "out.h").write_text("void ab__test_out(unsigned port, unsigned n);\n")
     sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
-    if subprocess.run([gcc, *sanitize, "-x", "c", "-", "-o", str(tmp_path / "probe")],
-                      input="int main(void){return 0;}", text=True, capture_output=True).returncode:
+    if subprocess.run(
+        [gcc, *sanitize, "-x", "c", "-", "-o", str(tmp_path / "probe")],
+        input="int main(void){return 0;}",
+        text=True,
+        capture_output=True,
+    ).returncode:
         sanitize = []  # fmt: skip
     flags = [
         "-std=gnu11", "-O1", "-g", "-Wall", "-Wextra", "-Werror", "-fno-builtin", *sanitize,
@@ -63,7 +67,8 @@ def test_runtime_c_code_natively(tmp_path: Path) -> None:
         subprocess.run([gcc, *flags, "-Dmalloc=ab__test_malloc", "-Dfree=ab__test_free", "-c",
                         str(SOURCE_SDK.runtime_dir / f"{unit}.c"), "-o", objects[-1]], check=True)  # fmt: skip
     exe = tmp_path / "runtime_test"
-    subprocess.run([gcc, *flags, str(REPO / "tests" / "native" / "runtime_test.c"), *objects, "-o", str(exe)], check=True)
+    test_source = REPO / "tests" / "native" / "runtime_test.c"
+    subprocess.run([gcc, *flags, str(test_source), *objects, "-o", str(exe)], check=True)
     proc = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert proc.stdout.strip().endswith(" 0 failures"), proc.stdout[-4000:]
@@ -95,9 +100,7 @@ def demo_elf(tmp_path_factory: pytest.TempPathFactory) -> Path:
         _build.find_compiler()
     except _build.BuildError as exc:
         pytest.skip(str(exc))
-    return _build.build_guest(
-        DEMO_SOURCE, tmp_path_factory.mktemp("demo") / "demo.elf", sdk=SOURCE_SDK
-    )
+    return _build.build_guest(DEMO_SOURCE, tmp_path_factory.mktemp("demo") / "demo.elf", sdk=SOURCE_SDK)
 
 
 def test_demo_is_a_static_executable_at_the_image_base(demo_elf: Path) -> None:

@@ -221,8 +221,8 @@ def install_headers(musl: Path, dest: Path) -> None:
             target = dest / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(f, target)
-    for rel, text in _generated_headers(musl).items():
-        (dest / rel).write_text(text)
+    for name, text in _generated_headers(musl).items():
+        (dest / name).write_text(text)
     (dest / "ab_syscall_names.h").write_text(_syscall_names_header(musl))
 
 
