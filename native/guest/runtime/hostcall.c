@@ -109,16 +109,28 @@ static int get_value(ab__reader *r, ab_value *out, const char *name) {
     return 0;
 }
 
+static int call_host(const char *name, const ab_value *args, size_t nargs, ab_value *result);
+
 int ab_call_host(const char *name, const ab_value *args, size_t nargs, ab_value *result) {
+    if (result)
+        return call_host(name, args, nargs, result);
+    /* Nobody wants the result: decode it anyway (the status depends on it),
+     * then free what was copied to the heap. */
     ab_value ignored;
-    if (!result)
-        result = &ignored;
+    int r = call_host(name, args, nargs, &ignored);
+    ab_value_free(&ignored);
+    return r;
+}
+
+static int call_host(const char *name, const ab_value *args, size_t nargs, ab_value *result) {
     if (!name)
         return fail(result, "ab_call_host: name is NULL");
     size_t nlen = strnlen(name, AB_MAX_NAME + 1);
     if (nlen == 0 || nlen > AB_MAX_NAME)
         return fail(result, "ab_call_host: a host function name must be 1 to %d bytes",
                     AB_MAX_NAME);
+    if (ab__utf8_valid_prefix((const uint8_t *)name, nlen) != nlen)
+        return fail(result, "ab_call_host: a host function name must be valid UTF-8");
     if (!ab__in_call)
         return fail(result, "host function %s called outside a guest call", name);
     if (nargs > AB_MAX_PARAMS)
@@ -130,10 +142,16 @@ int ab_call_host(const char *name, const ab_value *args, size_t nargs, ab_value 
     ab__writer w = {ab__out, ab__out_size, 0, false};
     ab__put_lstr(&w, name, nlen);
     ab__put_u8(&w, (uint8_t)nargs);
-    for (size_t i = 0; i < nargs; i++)
+    for (size_t i = 0; i < nargs; i++) {
         if (!put_value(&w, &args[i]))
             return fail(result, "host function %s: argument %zu is not a valid ab_value", name,
                         i + 1);
+        /* the host would take a str that is not UTF-8 for a protocol violation */
+        if (args[i].type == AB_STR &&
+            ab__utf8_valid_prefix(args[i].buf.ptr, args[i].buf.len) != args[i].buf.len)
+            return fail(result, "host function %s: argument %zu is a str that is not valid UTF-8",
+                        name, i + 1);
+    }
     if (w.full)
         return fail(result,
                     "host function %s: the arguments do not fit in the output buffer "

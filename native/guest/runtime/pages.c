@@ -57,6 +57,7 @@ static bool range_mapped(size_t first, size_t n) {
 }
 
 void ab__pages_init(uintptr_t base, size_t size) {
+    memset(mapped, 0, sizeof mapped); /* zero at boot; cleared for native tests that start over */
     lo = page_up(base);
     hi = (base + size) & ~(PAGE - 1);
     if (hi < lo || (hi - lo) / PAGE > MAX_PAGES)
@@ -118,6 +119,8 @@ long ab__sys_mmap(uintptr_t addr, size_t len, int prot, int flags, int fd, long 
     len = page_up(len);
     size_t n = len / PAGE;
     if (flags & (MAP_FIXED | MAP_FIXED_NOREPLACE)) {
+        if (addr % PAGE)
+            return -EINVAL;
         if (!in_region(addr, len) || addr < page_up(brk_end))
             return (flags & MAP_FIXED_NOREPLACE) ? -EEXIST : -ENOMEM;
         size_t first = page_of(addr);
@@ -159,6 +162,10 @@ long ab__sys_mremap(uintptr_t old, size_t old_len, size_t new_len, int flags, ui
     (void)new_addr;
     if (old % PAGE || !new_len || (flags & ~MREMAP_MAYMOVE))
         return -EINVAL; /* MREMAP_FIXED and DONTUNMAP are not supported */
+    if (old_len > hi - lo)
+        return -EFAULT;
+    if (new_len > hi - lo)
+        return -ENOMEM; /* before rounding, which would wrap to 0 near SIZE_MAX */
     old_len = page_up(old_len);
     new_len = page_up(new_len);
     if (!old_len || !in_region(old, old_len) || !range_mapped(page_of(old), old_len / PAGE))
@@ -190,10 +197,18 @@ long ab__sys_madvise(uintptr_t addr, size_t len, int advice) {
         return -EINVAL;
     if (advice != MADV_DONTNEED)
         return 0; /* advice only: nothing to do */
-    len = page_up(len);
     if (!len)
         return 0;
-    if (!in_region(addr, len) || !range_mapped(page_of(addr), len / PAGE))
+    if (len > hi - lo)
+        return -ENOMEM; /* before rounding, which would wrap to 0 near SIZE_MAX */
+    len = page_up(len);
+    /* Pages below the break are mapped too (Linux allows DONTNEED on the
+     * heap); the page holding the break counts whole. */
+    if (!in_region(addr, len))
+        return -ENOMEM;
+    uintptr_t heap_top = page_up(brk_end);
+    uintptr_t from = addr < heap_top ? heap_top : addr;
+    if (from < addr + len && !range_mapped(page_of(from), (addr + len - from) / PAGE))
         return -ENOMEM;
     memset((void *)addr, 0, len); /* anonymous pages read back as zeros */
     return 0;
