@@ -153,11 +153,45 @@ def test_call_errors_are_one_line_with_an_exit_code(
     assert err.count("\n") == 1
 
 
-def test_call_timeout_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("value", ["-1", "nan", "soon"])
+def test_call_timeout_must_be_a_number_of_seconds(capsys: pytest.CaptureFixture[str], value: str) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        main(["call", "demo", "noop", "--timeout", "0"])
+        main(["call", "demo", "noop", "--timeout", value])
     assert exit_info.value.code == 2
-    assert "must be a positive number of seconds" in capsys.readouterr().err
+    assert "--timeout" in capsys.readouterr().err
+
+
+def test_call_and_run_stop_the_guest_after_a_default_timeout() -> None:
+    from aionub._cli import DEFAULT_TIMEOUT, _parser
+
+    for command in (["call", "demo", "spin"], ["run", "guest.elf"]):
+        assert _parser().parse_args(command).timeout == DEFAULT_TIMEOUT
+        assert _parser().parse_args([*command, "--timeout", "0"]).timeout is None  # no limit
+        assert _parser().parse_args([*command, "--timeout", "2.5"]).timeout == 2.5
+    proc = run("call", "demo", "spin", "--timeout", "0.2")
+    assert proc.returncode == 1 and proc.stderr.startswith("aionub call: CallTimeout"), proc.stderr
+
+
+def test_call_usage_names_only_what_is_missing(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["call", "demo"])
+    err = capsys.readouterr().err
+    assert "required: FUNCTION" in err and "ARG" not in err.splitlines()[-1]
+
+
+@pytest.mark.parametrize("command", [["call", "demo", "spin"], ["demo", "--duration", "30"]])
+def test_ctrl_c_is_one_line_and_exit_status_130(command: list[str]) -> None:
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "aionub", *command], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(2.0)  # the sandbox is up and the guest spinning
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, (out, err)
+    assert err.strip().splitlines()[-1] == f"aionub {command[0]}: interrupted", err
+    assert "Traceback" not in err
 
 
 @pytest.mark.parametrize("command", ["demo", "build", "inspect", "call", "run"])

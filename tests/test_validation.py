@@ -197,3 +197,40 @@ def test_missing_kvm_device_gives_kvm_unavailable() -> None:
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "KvmUnavailable: cannot open /nonexistent/kvm: No such file or directory" in out.stdout
+
+
+# ---- what errors call a guest ------------------------------------------------------------
+
+
+async def test_a_guest_from_bytes_is_named_by_its_hash() -> None:
+    import hashlib
+
+    image = Path(aionub.DEMO_GUEST).read_bytes()
+    short = hashlib.sha256(image).hexdigest()[:12]
+    async with aionub.Sandbox.create(image) as sb:
+        assert f"bytes:{short}" in repr(sb)
+        with pytest.raises(aionub.GuestFunctionNotFound, match=f"guest bytes:{short} exports no function"):
+            await sb.call("nosuch")
+
+
+async def test_name_names_the_guest_in_errors_and_in_pools() -> None:
+    image = Path(aionub.DEMO_GUEST).read_bytes()
+    async with aionub.Sandbox.create(image, name="tenant-42 pricing") as sb:
+        with pytest.raises(aionub.GuestFunctionNotFound, match="guest tenant-42 pricing exports no"):
+            await sb.call("nosuch")
+    async with aionub.SandboxPool(image, size=1, name="tenant-7") as pool:
+        assert "tenant-7" in repr(pool)
+        async with pool.acquire() as sb:
+            assert "tenant-7" in repr(sb)
+            with pytest.raises(aionub.GuestFunctionNotFound, match="guest tenant-7 exports no"):
+                await sb.call("nosuch")
+
+
+@pytest.mark.parametrize(
+    ("name", "error"), [(3, TypeError), ("", ValueError), ("a\nb", ValueError), ("x" * 201, ValueError)]
+)
+async def test_a_bad_name_is_refused(name: object, error: type[Exception]) -> None:
+    with pytest.raises(error, match="name must be"):
+        aionub.Sandbox.create(aionub.DEMO_GUEST, name=name)  # type: ignore[arg-type]
+    with pytest.raises(error, match="name must be"):
+        aionub.SandboxPool(aionub.DEMO_GUEST, name=name)  # type: ignore[arg-type]

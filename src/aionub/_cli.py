@@ -52,6 +52,24 @@ def _positive_int(text: str) -> int:
     return value
 
 
+#: `aionub call` and `aionub run` stop the guest after this long unless told
+#: otherwise: a command line should not run a runaway guest for hours.
+DEFAULT_TIMEOUT = 60.0
+#: The exit status after Ctrl-C, as a shell reports a process ended by SIGINT.
+_INTERRUPTED = 130
+
+
+def _timeout(text: str) -> float | None:
+    """--timeout: seconds, 0 for no limit."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if math.isnan(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (no limit) or a positive number of seconds, got {text!r}")
+    return value or None
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -144,9 +162,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     call.add_argument("guest", metavar="GUEST", help="path of a guest ELF, or 'demo' for the bundled demo guest")
     call.add_argument("function", metavar="FUNCTION", help="name of the guest function")
-    call.add_argument("args", metavar="ARG", nargs="*", help="argument as a JSON value (see below)")
+    # default=[]: without it argparse lists ARG as missing when FUNCTION is.
+    call.add_argument("args", metavar="ARG", nargs="*", default=[], help="argument as a JSON value (see below)")
     call.add_argument(
-        "--timeout", type=_positive_float, default=None, metavar="S", help="stop the guest after S seconds"
+        "--timeout", type=_timeout, default=DEFAULT_TIMEOUT, metavar="S",
+        help=f"stop the guest after S seconds (default {DEFAULT_TIMEOUT:g}; 0: no limit)",
     )
 
     run = sub.add_parser(
@@ -159,9 +179,10 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument("guest", metavar="GUEST", help="path of a guest ELF with a main()")
-    run.add_argument("args", metavar="ARG", nargs="*", help="argument for the guest's argv")
+    run.add_argument("args", metavar="ARG", nargs="*", default=[], help="argument for the guest's argv")
     run.add_argument(
-        "--timeout", type=_positive_float, default=None, metavar="S", help="stop the guest after S seconds"
+        "--timeout", type=_timeout, default=DEFAULT_TIMEOUT, metavar="S",
+        help=f"stop the guest after S seconds (default {DEFAULT_TIMEOUT:g}; 0: no limit)",
     )
     return parser
 
@@ -319,6 +340,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {"demo": _demo, "build": _build, "inspect": _inspect, "call": _call, "run": _run}
     try:
         return commands[args.command](args)
+    except KeyboardInterrupt:
+        # asyncio.run cancelled the task on SIGINT; a cancelled call or run
+        # stops its guest before the cancellation finishes.
+        print(f"aionub {args.command}: interrupted", file=sys.stderr)
+        return _INTERRUPTED
     except KvmUnavailable as exc:
         print(f"aionub: KVM is not available: {exc}", file=sys.stderr)
         return 1

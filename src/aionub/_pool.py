@@ -17,7 +17,7 @@ from ._config import SandboxConfig
 from ._exceptions import SandboxClosed, SandboxError
 from ._hostcalls import HostFunction, check_host_functions
 from ._run import RunResult
-from ._sandbox import Sandbox, _read_guest
+from ._sandbox import Sandbox, check_name, read_guest
 from ._snapshot import Snapshot
 from ._syscalls import check_files
 
@@ -43,8 +43,8 @@ class SandboxPool:
     one user did (including poisoning it) is undone before the next user
     gets it. When every sandbox is busy, ``acquire`` waits, first come first
     served, for at most ``acquire_timeout`` seconds (None: no limit), then
-    raises :class:`PoolTimeout`. ``host_functions`` and ``files`` are given
-    to every sandbox; other keyword arguments are sandbox options.
+    raises :class:`PoolTimeout`. ``host_functions``, ``files`` and ``name``
+    are given to every sandbox; other keyword arguments are sandbox options.
 
     :meth:`call` and :meth:`run` do one call or run on a sandbox of the pool.
     """
@@ -58,6 +58,7 @@ class SandboxPool:
         acquire_timeout: float | None = None,
         host_functions: Mapping[str, HostFunction] | None = None,
         files: Mapping[str, bytes] | None = None,
+        name: str | None = None,
         **config: Any,
     ) -> None:
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
@@ -74,7 +75,7 @@ class SandboxPool:
         ):
             raise ValueError(f"acquire_timeout must be None or a non-negative number, got {acquire_timeout!r}")
         SandboxConfig.from_kwargs(config)  # fail early on bad options
-        self._image, self._label = _read_guest(guest)
+        self._image, self._label = read_guest(guest, check_name(name))
         self._host_functions = check_host_functions(host_functions)
         self._files = check_files(files)
         self._config = config
@@ -173,7 +174,8 @@ class SandboxPool:
 
     async def _new_entry(self) -> _Entry:
         sandbox = await Sandbox.create(
-            self._image, host_functions=self._host_functions, files=self._files, **self._config
+            self._image, host_functions=self._host_functions, files=self._files, name=self._label,
+            **self._config
         )
         try:
             snapshot = await sandbox.snapshot()

@@ -10,6 +10,7 @@ and trio in ``_binding.py``.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import math
@@ -42,21 +43,35 @@ _ids = itertools.count(1)
 _check_host_functions = check_host_functions
 
 
-def _read_guest(guest: object) -> tuple[bytes, str]:
+def check_name(name: object) -> str | None:
+    """A caller's name for a guest (``name=``): what errors and logs call it."""
+    if name is None:
+        return None
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str or None, not {type(name).__name__}")
+    if not name or len(name) > 200 or not name.isprintable():
+        raise ValueError(f"name must be 1 to 200 printable characters, got {name!r}")
+    return name
+
+
+def read_guest(guest: object, name: str | None = None) -> tuple[bytes, str]:
+    """The guest's image and its label: ``name`` if given, else the path,
+    else ``bytes:`` and the first 12 hex digits of the image's SHA-256."""
     if isinstance(guest, bytes | bytearray | memoryview):
-        return bytes(guest), "<bytes>"
+        image = bytes(guest)
+        return image, name or f"bytes:{hashlib.sha256(image).hexdigest()[:12]}"
     if isinstance(guest, str | os.PathLike):
         path = Path(guest)
         try:
-            return path.read_bytes(), str(path)
+            return path.read_bytes(), name or str(path)
         except IsADirectoryError:
             raise InvalidGuest(f"guest {str(path)!r} is a directory, not an ELF file") from None
     raise TypeError(f"guest must be a path or the bytes of an ELF file, not {type(guest).__name__}")
 
 
 def _program_name(label: str) -> str:
-    """argv[0] when the caller gives none: the guest file's name."""
-    return "guest" if label == "<bytes>" else os.path.basename(label) or label
+    """argv[0] when the caller gives none: the guest's file name (or name)."""
+    return "guest" if label.startswith("bytes:") else os.path.basename(label) or label
 
 
 def _check_timeout(timeout: object) -> float | None:
@@ -150,13 +165,16 @@ class Sandbox:
         *,
         host_functions: Mapping[str, HostFunction] | None = None,
         files: Mapping[str, bytes] | None = None,
+        name: str | None = None,
         **config: Any,
     ) -> _Creation:
         """Create a sandbox running ``guest`` (a path or the bytes of a guest
         ELF). ``host_functions`` maps names the guest may call to callables,
         sync or ``async def``. ``files`` maps absolute guest paths to the
         contents the guest may read (stat/pread); any Mapping works, looked
-        up at each request, and a dict is checked now. ``config`` takes the
+        up at each request, and a dict is checked now. ``name`` is what
+        errors, logs and ``repr`` call the guest (default: its path, or
+        ``bytes:`` and a short SHA-256 of the image). ``config`` takes the
         fields of :class:`SandboxConfig`.
 
         Await the result, or use it with ``async with`` to close the sandbox
@@ -165,7 +183,7 @@ class Sandbox:
         options = SandboxConfig.from_kwargs(config)
         functions = check_host_functions(host_functions)
         provider = check_files(files)
-        image, label = _read_guest(guest)
+        image, label = read_guest(guest, check_name(name))
 
         async def factory() -> Sandbox:
             native = NativeSandbox(options.to_native(), image)
