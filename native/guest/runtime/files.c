@@ -49,11 +49,16 @@ static struct description std_descriptions[3] = {
     {K_STDOUT, 1, NULL, 0, 0},
     {K_STDERR, 1, NULL, 0, 0},
 };
-static struct fd fds[MAX_FDS] = {
-    {&std_descriptions[0], false},
-    {&std_descriptions[1], false},
-    {&std_descriptions[2], false},
-};
+/* In .bss, not .data: fds 0-2 are set up on first use (a 4 KiB table of
+ * initialised data would be one more image page to load at every start). */
+static struct fd fds[MAX_FDS];
+static bool fds_ready;
+
+static void set_up_std_fds(void) {
+    for (int i = 0; i < 3; i++)
+        fds[i] = (struct fd){&std_descriptions[i], false};
+    fds_ready = true;
+}
 
 static struct description *get(long fd) {
     return fd >= 0 && fd < MAX_FDS ? fds[fd].d : NULL;
@@ -382,6 +387,8 @@ static long do_getcwd(char *buf, size_t size) {
 long ab__file_syscall(long n, long a1, long a2, long a3, long a4, long a5, long a6, bool *handled) {
     (void)a5;
     (void)a6;
+    if (!fds_ready)
+        set_up_std_fds();
     *handled = true;
     switch (n) {
     case SYS_read:

@@ -57,12 +57,15 @@ static bool range_mapped(size_t first, size_t n) {
 }
 
 void ab__pages_init(uintptr_t base, size_t size) {
-    memset(mapped, 0, sizeof mapped); /* zero at boot; cleared for native tests that start over */
     lo = page_up(base);
     hi = (base + size) & ~(PAGE - 1);
     if (hi < lo || (hi - lo) / PAGE > MAX_PAGES)
         hi = lo;
     brk_end = lo;
+    /* Zero at boot already; cleared for native tests that start over. Only
+     * the words this region uses: each page of the bitmap touched costs
+     * start-up time. */
+    memset(mapped, 0, ((hi - lo) / PAGE + 63) / 64 * sizeof *mapped);
 }
 
 /* ---- brk ------------------------------------------------------------------------ */
