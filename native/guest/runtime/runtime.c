@@ -32,8 +32,9 @@ static fn_entry *fns;
 static size_t nfns;
 
 const char *ab__type_name(unsigned tag) {
-    static const char *const names[] = {"None", "bool", "int", "float", "str", "bytes"};
-    return tag <= AB_TAG_LAST ? names[tag] : "<invalid type>";
+    static const char *const names[] = {"None", "bool", "int",  "float", "str",
+                                        "bytes", "list", "dict", "any"};
+    return tag <= AB_TAG_ANY ? names[tag] : "<invalid type>";
 }
 
 /* ---- the function table ----------------------------------------------------- */
@@ -55,7 +56,7 @@ static void check_export(const struct ab_export *e, fn_entry *out) {
         ab_abort(-1, "export #%zu: the name is not valid UTF-8", index);
     if (!e->fn)
         ab_abort(-1, "export %s has no function", e->name);
-    if (e->ret > AB_TAG_LAST)
+    if (e->ret > AB_TAG_BYTES && e->ret != AB_TAG_ANY)
         ab_abort(-1, "export %s: invalid return type %u", e->name, e->ret);
     if (e->nparams > AB_MAX_PARAMS)
         ab_abort(-1, "export %s: %u parameters (at most %d)", e->name, e->nparams, AB_MAX_PARAMS);
@@ -65,6 +66,7 @@ static void check_export(const struct ab_export *e, fn_entry *out) {
         case AB_TAG_BOOL:
         case AB_TAG_INT:
         case AB_TAG_STR:
+        case AB_TAG_ANY:
             ints++;
             break;
         case AB_TAG_BYTES:
@@ -160,6 +162,11 @@ typedef int64_t (*fn_int)(AB__PARAMS);
 typedef double (*fn_float)(AB__PARAMS);
 typedef const char *(*fn_str)(AB__PARAMS);
 typedef ab_bytes (*fn_bytes)(AB__PARAMS);
+/* ab_value (24 bytes) is returned in memory: the caller passes its address
+ * in rdi and the arguments shift by one register on both sides alike, so
+ * the sixth integer argument travels on the stack where the callee, which
+ * has the same hidden parameter, looks for it. */
+typedef ab_value (*fn_any)(AB__PARAMS);
 #define AB__ARGS(i, f) i[0], i[1], i[2], i[3], i[4], i[5], \
                        f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7]
 
@@ -218,12 +225,27 @@ static size_t dispatch(void) {
     int64_t iv[6] = {0};
     double fv[8] = {0};
     unsigned ni = 0, nf = 0;
+    /* AB_ANY arguments: where each starts and the register slot it takes;
+     * they are built once all arguments are checked. */
+    size_t any_pos[AB_MAX_PARAMS];
+    unsigned any_slot[AB_MAX_PARAMS], nany = 0;
+    ab__value_size any_size = {0, 0, 0};
     for (unsigned i = 0; i < nargs; i++) {
+        size_t at = r.pos;
         unsigned tag = ab__get_u8(&r);
         unsigned want = e->params[i];
         if (r.bad || tag > AB_TAG_LAST)
             return error_result(AB_STATUS_BAD_ARGS,
                                 "malformed call request: bad tag for argument %u", i + 1);
+        if (want == AB_TAG_ANY) {
+            r.pos = at;
+            if (!ab__value_measure(&r, &any_size))
+                return error_result(AB_STATUS_BAD_ARGS,
+                                    "malformed call request: bad value for argument %u", i + 1);
+            any_pos[nany] = at;
+            any_slot[nany++] = ni++;
+            continue;
+        }
         if (tag != want && !(tag == AB_TAG_INT && want == AB_TAG_FLOAT))
             return error_result(AB_STATUS_BAD_ARGS, "%s() argument %u must be %s, not %s",
                                 e->name, i + 1, ab__type_name(want), ab__type_name(tag));
@@ -272,9 +294,29 @@ static size_t dispatch(void) {
                                 "malformed call request: bad value for argument %u", i + 1);
     }
 
+    /* One block holds the arrays of every AB_ANY argument; their strings
+     * point into the input buffer. The block is freed after the result is
+     * written, so a function may return its arguments. */
+    ab_value any[AB_MAX_PARAMS];
+    uint8_t *block = NULL;
+    if (nany) {
+        size_t size = ab__value_block_size(&any_size, false);
+        if (size && !(block = malloc(size)))
+            return error_result(AB_STATUS_BAD_ARGS,
+                                "out of memory in the guest for the arguments of %s() (%zu bytes)",
+                                e->name, size);
+        ab__value_mem m = {block, NULL, false};
+        for (unsigned k = 0; k < nany; k++) {
+            ab__reader ar = {ab__in, ab__in_size, any_pos[k], false};
+            ab__value_build(&ar, &any[k], &m);
+            iv[any_slot[k]] = (int64_t)(uintptr_t)&any[k];
+        }
+    }
+
     ab__current_call = e->name;
     size_t n = call_export(e, iv, fv);
     ab__current_call = "";
+    free(block);
     return n;
 }
 
@@ -331,6 +373,20 @@ static size_t call_export(const struct ab_export *e, int64_t *iv, double *fv) {
         ab__put_lstr(&w, s, len);
         if (w.full)
             result_too_large(e, len);
+        break;
+    }
+    case AB_TAG_ANY: {
+        ab_value v = ((fn_any)e->fn)(AB__ARGS(iv, fv));
+        ab__flush_stdio();
+        ab__put_u8(&w, AB_STATUS_OK);
+        ab__value_error err;
+        if (!ab__put_value(&w, &v, &err))
+            ab_abort(-1, "%s() returned an invalid value: result%s: %s", e->name, err.path,
+                     err.problem);
+        if (w.full)
+            ab_abort(-1, "%s() result (a %s) does not fit in the output buffer (%zu bytes)",
+                     e->name, ab__type_name(v.type), ab__out_size);
+        ab_value_free(&v);
         break;
     }
     case AB_TAG_BYTES: {
