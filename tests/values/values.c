@@ -73,6 +73,16 @@ static ab_value via_host(const ab_value *x) {
 }
 AB_EXPORT(via_host, AB_ANY, AB_ANY);
 
+/* call_host("f", [args...]): the host's result, or its error message. */
+static ab_value call_host(const char *name, const ab_value *args) {
+    ab_value result;
+    if (args->type != AB_LIST)
+        ab_abort(2, "call_host: args must be a list");
+    ab_call_host(name, args->list.items, args->list.len, &result);
+    return result;
+}
+AB_EXPORT(call_host, AB_ANY, AB_STR, AB_ANY);
+
 /* Calls the host function "make" n times with a list and a dict, freeing
  * each result; returns the sum of the results' "n" fields. */
 static int64_t host_many(int64_t n, int64_t size) {
@@ -199,7 +209,7 @@ AB_EXPORT(forge_raw, AB_ANY, AB_BYTES, AB_INT);
 
 /* A RESULT record of `depth` nested one-item lists (generated in the guest:
  * it may be far larger than the input buffer). */
-static int64_t forge_deep(int64_t depth, int64_t port) {
+static ab_value forge_deep(int64_t depth, int64_t port) {
     size_t need = 1 + (size_t)depth * 5 + 1 + (port == AB_PORT_HOSTCALL ? 9 : 0);
     if (need > ab__out_size)
         ab_abort(2, "forge_deep: %zu bytes do not fit", need);
@@ -217,9 +227,9 @@ static int64_t forge_deep(int64_t depth, int64_t port) {
     }
     *p++ = AB_TAG_NONE;
     out_port((uint16_t)port, (uint32_t)(p - ab__out));
-    return 0;
+    return ab_none();
 }
-AB_EXPORT(forge_deep, AB_INT, AB_INT, AB_INT);
+AB_EXPORT(forge_deep, AB_ANY, AB_INT, AB_INT);
 
 /* ---- the runtime's decoder on bytes from the test --------------------------------- */
 

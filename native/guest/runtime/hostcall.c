@@ -21,7 +21,7 @@ static void set_error_text(ab_value *result, const char *msg, size_t len) {
 }
 
 __attribute__((format(printf, 2, 3))) static int fail(ab_value *result, const char *fmt, ...) {
-    char msg[320];
+    char msg[512];
     va_list ap;
     va_start(ap, fmt);
     int n = vsnprintf(msg, sizeof msg, fmt, ap);

@@ -112,7 +112,7 @@ static inline bool ab__get_lstr(ab__reader *r, const uint8_t **p, uint32_t *n) {
 /* Why ab__put_value() refused a value: the path to the bad part ("[3]['k']",
  * empty for the value itself) and the problem. */
 typedef struct {
-    char path[160];
+    char path[256];
     char problem[160];
 } ab__value_error;
 
