@@ -270,7 +270,7 @@ def test_hostile_containers_are_protocol_errors(record: bytes, message: str) -> 
 def test_duplicate_keys_in_nested_dicts() -> None:
     inner = header(_abi.TAG_DICT, 2) + (encode_string(b"x") + b"\x00") * 2
     record = header(_abi.TAG_LIST, 1) + inner
-    with pytest.raises(GuestProtocolError, match="'x'.*appears twice"):
+    with pytest.raises(GuestProtocolError, match=r"'x'.*appears twice"):
         decode_bytes(record)
     # the same key in different dicts is fine
     ok = header(_abi.TAG_LIST, 2) + (header(_abi.TAG_DICT, 1) + encode_string(b"x") + b"\x00") * 2

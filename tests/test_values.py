@@ -275,7 +275,8 @@ def key(k: bytes) -> bytes:
 FORGED = [
     ("count_lie", hdr(LIST, 1000) + b"\x00\x00", "claims 1000 items but only 2 bytes"),
     ("count_huge", hdr(DICT, 2**32 - 1) + key(b"a") + b"\x00", "claims 4294967295 entries"),
-    ("dup_key", hdr(DICT, 2) + key(b"k") + b"\x00" + key(b"k") + b"\x02" + b"\x00" * 8, r"'k' at offset \d+ appears twice"),
+    ("dup_key", hdr(DICT, 2) + key(b"k") + b"\x00" + key(b"k") + b"\x02" + b"\x00" * 8,
+     r"'k' at offset \d+ appears twice"),
     ("dup_nested", hdr(LIST, 1) + hdr(DICT, 2) + (key(b"\xc3\xa9") + b"\x00") * 2, "'é' at offset .* appears twice"),
     ("bad_key_utf8", hdr(DICT, 1) + key(b"\xed\xa0\x80") + b"\x00", "not valid UTF-8"),
     ("key_no_nul", hdr(DICT, 1) + b"\x01\x00\x00\x00kk\x00", "lacks its NUL"),
