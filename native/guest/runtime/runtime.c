@@ -200,7 +200,10 @@ _Noreturn static void result_too_large(const struct ab_export *e, size_t len) {
 
 static size_t call_export(const struct ab_export *e, int64_t *iv, double *fv);
 
-static size_t dispatch(void) {
+/* dispatch() and call_export() are on the stack while the exported function
+ * runs, and that function may move the FS base (AB_SYS_SET_FS, arch_prctl):
+ * they must not check a stack-protector canary at fs:0x28 when it returns. */
+__attribute__((no_stack_protector, noinline)) static size_t dispatch(void) {
     ab__reader r = {ab__in, ab__in_size, 0, false};
     unsigned kind = ab__get_u8(&r);
     if (kind == AB_REQ_RUN)
@@ -324,7 +327,22 @@ static size_t dispatch(void) {
  * after the call returns and stdio is flushed: the function may log, call
  * the host or leave output in stdio's buffers, and all of that uses the
  * output buffer. */
-static size_t call_export(const struct ab_export *e, int64_t *iv, double *fv) {
+/* Encodes an AB_ANY result, then frees what it owns (see aionub_guest.h). */
+__attribute__((noinline)) static void put_any_result(ab__writer *w, const struct ab_export *e,
+                                                     ab_value *v) {
+    ab__value_error err;
+    ab__put_u8(w, AB_STATUS_OK);
+    if (!ab__put_value(w, v, &err))
+        ab_abort(-1, "%s() returned an invalid value: result%s: %s", e->name, err.path,
+                 err.problem);
+    if (w->full)
+        ab_abort(-1, "%s() result (a %s) does not fit in the output buffer (%zu bytes)", e->name,
+                 ab__type_name(v->type), ab__out_size);
+    ab_value_free(v);
+}
+
+__attribute__((no_stack_protector, noinline)) static size_t call_export(const struct ab_export *e,
+                                                                        int64_t *iv, double *fv) {
     ab__writer w = {ab__out, ab__out_size, 0, false};
     switch (e->ret) {
     case AB_TAG_NONE:
@@ -378,15 +396,7 @@ static size_t call_export(const struct ab_export *e, int64_t *iv, double *fv) {
     case AB_TAG_ANY: {
         ab_value v = ((fn_any)e->fn)(AB__ARGS(iv, fv));
         ab__flush_stdio();
-        ab__put_u8(&w, AB_STATUS_OK);
-        ab__value_error err;
-        if (!ab__put_value(&w, &v, &err))
-            ab_abort(-1, "%s() returned an invalid value: result%s: %s", e->name, err.path,
-                     err.problem);
-        if (w.full)
-            ab_abort(-1, "%s() result (a %s) does not fit in the output buffer (%zu bytes)",
-                     e->name, ab__type_name(v.type), ab__out_size);
-        ab_value_free(&v);
+        put_any_result(&w, e, &v);
         break;
     }
     case AB_TAG_BYTES: {
