@@ -160,6 +160,7 @@ def test_values_the_guest_reads(sb: Driver) -> None:
     assert sb.call("get", [1], "a") == "<missing>"
     assert sb.call("echo", "nul\x00inside") == "nul\x00inside"  # an any str may hold NUL
     assert sb.call("bad_result", "deepest") == deep(_abi.MAX_DEPTH)
+    assert sb.call("six", 1, -2, {"c": [3]}, "d", True, 2**63 - 1) == [1, -2, {"c": [3]}, "d", True, 2**63 - 1]
 
 
 def deep(levels: int) -> list[Any]:

@@ -21,6 +21,20 @@ static ab_value pick(int64_t i, const ab_value *list, double scale) {
 }
 AB_EXPORT(pick, AB_ANY, AB_INT, AB_ANY, AB_FLOAT);
 
+/* Six integer-class parameters and an ab_value result, which is returned in
+ * memory (a hidden pointer in rdi): the sixth travels on the stack. */
+static ab_value six(int64_t a, int64_t b, const ab_value *c, const char *d, bool e, int64_t f) {
+    static ab_value items[6];
+    items[0] = ab_int(a);
+    items[1] = ab_int(b);
+    items[2] = *c;
+    items[3] = ab_str(d);
+    items[4] = ab_bool(e);
+    items[5] = ab_int(f);
+    return ab_list(items, 6);
+}
+AB_EXPORT(six, AB_ANY, AB_INT, AB_INT, AB_ANY, AB_STR, AB_BOOL, AB_INT);
+
 /* The number of values inside (the value itself counts 1), in C. */
 static int64_t count(const ab_value *v) {
     int64_t n = 1;
