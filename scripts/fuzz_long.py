@@ -8,7 +8,7 @@ thousand with hypothesis in the suite).
 
 Targets (all of them pure host code: no /dev/kvm needed):
 
-    value     Reader.value() on a value record
+    value     Reader.value() on a value record (lists and dicts included)
     table     decode_ready()
     hostcall  a host-call request: name, decode_args()
     result    decode_result(): a call's result record against a random
@@ -109,11 +109,30 @@ def mutate(rng: random.Random, data: bytes, corpus: list[bytes]) -> bytes:
 SAMPLE_VALUES: list[Any] = [
     None, True, False, 0, -1, 2**63 - 1, -(2**63), 1.5, float("nan"), float("inf"),
     "", "hello", "é✓𝄞", b"", b"\x00\xff", b"x" * 40,
+    [], {}, [1, "a", None], {"k": [1.5, b"b", {"é": True}]}, [[[[]]]], {"a": {"b": {"c": [None]}}},
 ]
 
 
+def nested(depth: int) -> bytes:
+    """``depth`` lists, each holding the next (the innermost empty)."""
+    return struct.pack("<BI", _abi.TAG_LIST, 1) * (depth - 1) + struct.pack("<BI", _abi.TAG_LIST, 0)
+
+
+def check_shape(value: Any, depth: int = 0) -> None:
+    """A decoded value: scalars, lists and str-keyed dicts, at most MAX_DEPTH deep."""
+    if isinstance(value, list | dict):
+        if depth >= _abi.MAX_DEPTH:
+            raise Failure(f"decoded containers nested deeper than {_abi.MAX_DEPTH}")
+        if isinstance(value, dict) and not all(type(k) is str for k in value):
+            raise Failure("decoded a dict key that is not a str")
+        for item in value.values() if isinstance(value, dict) else value:
+            check_shape(item, depth + 1)
+    elif not (value is None or type(value) in (bool, int, float, str, bytes)):
+        raise Failure(f"decoded a {type(value).__name__}")
+
+
 def record_corpus() -> dict[str, list[bytes]]:
-    values = [encode_value(v, "v") for v in SAMPLE_VALUES]
+    values = [encode_value(v, "v") for v in SAMPLE_VALUES] + [nested(_abi.MAX_DEPTH), nested(_abi.MAX_DEPTH + 1)]
     names = [encode_string(n.encode()) for n in ("f", "ping", "a" * 255, "é")]
     hostcalls = [
         names[i % len(names)] + bytes([k]) + b"".join(values[(i + j) % len(values)] for j in range(k))
@@ -123,7 +142,8 @@ def record_corpus() -> dict[str, list[bytes]]:
     tables = [struct.pack("<I", 0)]
     for count in (1, 2, 5):
         entries = b"".join(
-            encode_string(f"fn{i}".encode()) + bytes([i % 6, i % 4, *[(i + j) % 5 + 1 for j in range(i % 4)]])
+            encode_string(f"fn{i}".encode())
+            + bytes([(0, 1, 2, 3, 4, 5, 8)[i % 7], i % 4, *[(1, 2, 3, 4, 5, 8)[(i + j) % 6] for j in range(i % 4)]])
             for i in range(count)
         )
         tables.append(struct.pack("<I", count) + entries)
@@ -175,8 +195,8 @@ def decode_hostcall(buf: memoryview, length: int) -> Any:
 
 def check_value(data: bytes, rng: random.Random) -> bool:
     kind, value = tail_independent(decode_value, data, rng)
-    if kind == "ok" and not (value is None or type(value) in (bool, int, float, str, bytes)):
-        raise Failure(f"decoded a {type(value).__name__}")
+    if kind == "ok":
+        check_shape(value)
     return kind == "ok"
 
 
@@ -187,8 +207,9 @@ def check_table(data: bytes, rng: random.Random) -> bool:
         if flags & ~_abi.READY_FLAGS:
             raise Failure(f"accepted unknown READY flags 0x{flags:x}")
         for name, fn in table.items():
-            if not (0 < len(name.encode()) <= _abi.MAX_NAME and 0 <= fn.returns <= _abi.TAG_LAST
-                    and len(fn.params) <= _abi.MAX_PARAMS and all(1 <= p <= _abi.TAG_LAST for p in fn.params)):
+            if not (0 < len(name.encode()) <= _abi.MAX_NAME and fn.returns in _abi.SIGNATURE_TAGS
+                    and len(fn.params) <= _abi.MAX_PARAMS
+                    and all(p in _abi.SIGNATURE_TAGS and p != _abi.TAG_NONE for p in fn.params)):
                 raise Failure(f"accepted a bad signature {fn!r}")
     return kind == "ok"
 
@@ -210,13 +231,13 @@ def output_with(record: bytes) -> memoryview:
     return output
 
 
-RESULT_TYPES = {0: type(None), 1: bool, 2: int, 3: float, 4: str, 5: bytes}
+RESULT_TYPES: dict[int, Any] = {0: type(None), 1: bool, 2: int, 3: float, 4: str, 5: bytes, 8: object}
 
 
 def check_result(data: bytes, rng: random.Random) -> bool:
     from aionub._wire import GuestFunction
 
-    returns = rng.randrange(6)
+    returns = rng.choice(sorted(RESULT_TYPES))
     data = data[:OUTPUT_SIZE]
     try:
         value = decode_result(GuestFunction("f", (), returns), output_with(data), len(data), "<fuzz>")
@@ -226,7 +247,9 @@ def check_result(data: bytes, rng: random.Random) -> bool:
         return True  # a clean error: does not poison
     except Exception as exc:
         raise Failure(f"{type(exc).__name__}: {exc}") from exc
-    if type(value) is not RESULT_TYPES[returns]:
+    if returns == _abi.TAG_ANY:
+        check_shape(value)
+    elif type(value) is not RESULT_TYPES[returns]:
         raise Failure(f"declared {RESULT_TYPES[returns].__name__}, got {type(value).__name__}")
     return True
 

@@ -139,9 +139,10 @@ def test_call_shows_guest_logs_on_stderr(capsys: pytest.CaptureFixture[str]) -> 
         (("nope",), 2, "GuestFunctionNotFound: "),
         (("add", "1"), 2, "TypeError: add() takes 2 arguments (1 given)"),
         (("add", "1", "x"), 2, "TypeError: add() argument 2 must be int, not str"),
-        (("echo", "[1, 2]"), 2, "ValueError: arrays cannot be passed"),
+        (("echo", "[1, 2]"), 2, "TypeError: echo() argument 1 must be bytes, not list"),
         (("echo", '{"base64": "!!"}'), 2, "ValueError: invalid base64"),
-        (("echo", '{"b64": ""}'), 2, 'ValueError: an object argument must be {"base64": "..."}'),
+        (("echo", '{"b64": ""}'), 2, "TypeError: echo() argument 1 must be bytes, not dict"),
+        (("echo", '[{"base64": "!!"}]'), 2, "ValueError: invalid base64"),
     ],
 )
 def test_call_errors_are_one_line_with_an_exit_code(
@@ -234,3 +235,10 @@ def test_demo_on_a_terminal_shows_live_progress_and_a_table() -> None:
     assert "kills" in text and "errors" in text
     assert "aionub demo: 2 sandboxes" in text
     assert "function" in text and "p99 µs" in text  # the per-function table
+
+
+def test_json_arrays_and_objects_become_lists_and_dicts() -> None:
+    from aionub._cli import parse_value, to_json
+
+    assert parse_value('[1, {"a": [true, null]}, {"base64": "aGk="}]') == [1, {"a": [True, None]}, b"hi"]
+    assert to_json([b"hi", {"k": b""}]) == '[{"base64": "aGk="}, {"k": {"base64": ""}}]'

@@ -47,7 +47,11 @@ def records(max_size: int = 300) -> st.SearchStrategy[bytes]:
     length = st.sampled_from([0, 1, 2, 3, 4, 5, 8, 16, 255, 256, 2**31 - 1, 2**31, 2**32 - 1])
     piece = st.one_of(
         st.binary(max_size=16),
-        st.integers(0, 7).map(lambda t: bytes([t])),
+        st.integers(0, 9).map(lambda t: bytes([t])),
+        # a list or dict header with a small count, so nesting gets built
+        st.tuples(st.sampled_from([_abi.TAG_LIST, _abi.TAG_DICT]), st.integers(0, 3)).map(
+            lambda h: struct.pack("<BI", *h)
+        ),
         length.map(lambda n: struct.pack("<I", n)),
         st.text(max_size=8).map(lambda s: encode_string(s.encode("utf-8", "surrogatepass"))),
         st.binary(max_size=8).map(encode_string),
@@ -100,9 +104,21 @@ def decode_args_record(buf: memoryview, length: int) -> Any:
 def test_value_decoder(data: bytes, cut: int, tail_a: bytes, tail_b: bytes) -> None:
     kind, value = tail_independent(decode_value_record, data, cut, tail_a, tail_b)
     if kind == "ok":
-        assert value is None or type(value) in (bool, int, float, str, bytes)
-        if isinstance(value, int) and not isinstance(value, bool):
-            assert -(2**63) <= value < 2**63
+        check_shape(value)
+
+
+def check_shape(value: Any, depth: int = 0) -> None:
+    """A decoded value: scalars, lists and str-keyed dicts, nested at most MAX_DEPTH deep."""
+    if isinstance(value, list | dict):
+        assert depth < _abi.MAX_DEPTH
+        items = value.values() if isinstance(value, dict) else value
+        assert all(type(k) is str for k in value) if isinstance(value, dict) else True
+        for item in items:
+            check_shape(item, depth + 1)
+        return
+    assert value is None or type(value) in (bool, int, float, str, bytes)
+    if isinstance(value, int) and not isinstance(value, bool):
+        assert -(2**63) <= value < 2**63
 
 
 @FUZZ
@@ -114,9 +130,9 @@ def test_function_table_decoder(data: bytes, cut: int, tail_a: bytes, tail_b: by
         assert flags & ~_abi.READY_FLAGS == 0
         for name, fn in table.items():
             assert fn.name == name and 0 < len(name.encode()) <= _abi.MAX_NAME
-            assert 0 <= fn.returns <= _abi.TAG_LAST
+            assert fn.returns in _abi.SIGNATURE_TAGS
             assert len(fn.params) <= _abi.MAX_PARAMS
-            assert all(1 <= p <= _abi.TAG_LAST for p in fn.params)
+            assert all(p in _abi.SIGNATURE_TAGS and p != _abi.TAG_NONE for p in fn.params)
 
 
 @FUZZ
@@ -128,7 +144,7 @@ def test_host_call_request_decoder(data: bytes, cut: int, tail_a: bytes, tail_b:
         assert isinstance(name, str) and len(args) <= _abi.MAX_PARAMS
 
 
-values = st.one_of(
+scalars = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(-(2**63), 2**63 - 1),
@@ -136,11 +152,27 @@ values = st.one_of(
     st.text(),
     st.binary(),
 )
+values = st.recursive(
+    scalars,
+    lambda children: st.one_of(
+        st.lists(children, max_size=5),
+        st.lists(children, max_size=3).map(tuple),
+        st.dictionaries(st.text(max_size=8), children, max_size=5),
+    ),
+    max_leaves=20,
+)
 
 
 def same(a: Any, b: Any) -> bool:
+    """Equal after a round trip: NaN matches NaN, -0.0 only -0.0, tuples come back as lists."""
     if isinstance(a, float) and math.isnan(a):
         return isinstance(b, float) and math.isnan(b)
+    if isinstance(a, float) and a == 0.0:
+        return type(b) is float and b == 0.0 and math.copysign(1, a) == math.copysign(1, b)
+    if isinstance(a, list | tuple):
+        return type(b) is list and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return type(b) is dict and list(a) == list(b) and all(same(a[k], b[k]) for k in a)
     return type(a) is type(b) and a == b
 
 
@@ -158,8 +190,8 @@ def test_valid_records_round_trip(args: list[Any], name: str) -> None:
 signatures = st.lists(
     st.tuples(
         st.text(min_size=1, max_size=20),
-        st.integers(0, _abi.TAG_LAST),
-        st.lists(st.integers(1, _abi.TAG_LAST), max_size=_abi.MAX_PARAMS),
+        st.sampled_from(sorted(_abi.SIGNATURE_TAGS)),
+        st.lists(st.sampled_from(sorted(_abi.SIGNATURE_TAGS - {_abi.TAG_NONE})), max_size=_abi.MAX_PARAMS),
     ),
     max_size=10,
     unique_by=lambda f: f[0],
@@ -174,6 +206,146 @@ def test_valid_function_tables_round_trip(functions: list[tuple[str, int, list[i
     ) + struct.pack("<I", _abi.READY_HAS_MAIN)
     decoded = decode_ready(memoryview(table), len(table))
     assert decoded == ({n: GuestFunction(n, tuple(p), r) for n, r, p in functions}, _abi.READY_HAS_MAIN)
+
+
+# ---- lists and dicts: hostile nesting, counts and keys; caller errors ----------------------
+
+
+def header(tag: int, count: int) -> bytes:
+    return struct.pack("<BI", tag, count)
+
+
+def nested(depth: int, tag: int = _abi.TAG_LIST) -> bytes:
+    """``depth`` containers, each holding the next; the innermost holds None."""
+    one = header(tag, 1) + (encode_string(b"k") if tag == _abi.TAG_DICT else b"")
+    return one * depth + b"\x00"
+
+
+def decode_bytes(data: bytes) -> Any:
+    return decode_value_record(memoryview(data), len(data))
+
+
+@pytest.mark.parametrize("tag", [_abi.TAG_LIST, _abi.TAG_DICT])
+def test_nesting_up_to_the_limit_decodes(tag: int) -> None:
+    value = decode_bytes(nested(_abi.MAX_DEPTH, tag))
+    for _ in range(_abi.MAX_DEPTH):
+        value = value[0] if tag == _abi.TAG_LIST else value["k"]
+    assert value is None
+
+
+@pytest.mark.parametrize("depth", [_abi.MAX_DEPTH + 1, 1000, 10**6])
+@pytest.mark.parametrize("tag", [_abi.TAG_LIST, _abi.TAG_DICT])
+def test_hostile_nesting_costs_bounded_time(depth: int, tag: int) -> None:
+    """10**6 levels: rejected at level 65, after reading a few hundred bytes."""
+    import time
+
+    data = nested(depth, tag)
+    start = time.process_time()
+    with pytest.raises(GuestProtocolError, match=f"nest deeper than {_abi.MAX_DEPTH}"):
+        decode_bytes(data)
+    assert time.process_time() - start < 0.5
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        (header(_abi.TAG_LIST, 2**32 - 1) + b"\x00", "claims 4294967295 items but only 1 bytes"),
+        (header(_abi.TAG_LIST, 3) + b"\x00\x00", "claims 3 items"),
+        (header(_abi.TAG_DICT, 1) + b"\x00" * 5, "claims 1 entries"),
+        (header(_abi.TAG_DICT, 2) + (encode_string(b"a") + b"\x00") * 2, "key 'a' at offset 12 appears twice"),
+        (header(_abi.TAG_DICT, 1) + encode_string(b"\xff") + b"\x00", "not valid UTF-8"),
+        (header(_abi.TAG_DICT, 1) + b"\x01\x00\x00\x00aX\x00", "lacks its NUL"),
+        (header(_abi.TAG_LIST, 1) + b"\x08", "unknown value tag 8"),
+        (header(_abi.TAG_LIST, 1) + b"\x01\x02", "neither 0 nor 1"),
+        (header(_abi.TAG_LIST, 2) + b"\x00" + header(_abi.TAG_LIST, 1), "claims 1 items but only 0 bytes"),
+        (header(_abi.TAG_LIST, 1) + b"\x02\x00", "needs 8 more bytes"),
+        (header(_abi.TAG_LIST, 0) + b"\x00", "1 unexpected trailing bytes"),
+    ],
+)
+def test_hostile_containers_are_protocol_errors(record: bytes, message: str) -> None:
+    with pytest.raises(GuestProtocolError, match=message):
+        decode_bytes(record)
+
+
+def test_duplicate_keys_in_nested_dicts() -> None:
+    inner = header(_abi.TAG_DICT, 2) + (encode_string(b"x") + b"\x00") * 2
+    record = header(_abi.TAG_LIST, 1) + inner
+    with pytest.raises(GuestProtocolError, match=r"'x'.*appears twice"):
+        decode_bytes(record)
+    # the same key in different dicts is fine
+    ok = header(_abi.TAG_LIST, 2) + (header(_abi.TAG_DICT, 1) + encode_string(b"x") + b"\x00") * 2
+    assert decode_bytes(ok) == [{"x": None}, {"x": None}]
+
+
+class Opaque:
+    pass
+
+
+def cyclic() -> list[Any]:
+    a: list[Any] = [1]
+    a.append({"self": a})
+    return a
+
+
+def deep(levels: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "message"),
+    [
+        ([1, {2}], TypeError, r"^f\(\) argument 1\[1\]: cannot pass a value of type set"),
+        ([1, 2, 3, {"price": Opaque()}], TypeError, r"^f\(\) argument 1\[3\]\['price'\]: .* type Opaque"),
+        ({"a": {1: 2}}, TypeError, r"^f\(\) argument 1\['a'\]: dict keys must be str, not int"),
+        ({"a": [2**64]}, OverflowError, r"^f\(\) argument 1\['a'\]\[0\]: 18446744073709551616 does not fit"),
+        ([{"\ud800": 1}], ValueError, r"^f\(\) argument 1\[0\]\['\\ud800'\]: the key is not valid Unicode"),
+        (["\udc80"], ValueError, r"^f\(\) argument 1\[0\]: string is not valid Unicode"),
+        (cyclic(), ValueError, r"^f\(\) argument 1\[1\]\['self'\]: the list contains itself"),
+        (deep(_abi.MAX_DEPTH + 1), ValueError, r"nest deeper than 64 levels"),
+        (frozenset(), TypeError, r"^f\(\) argument 1: cannot pass a value of type frozenset"),
+    ],
+)
+def test_caller_errors_name_the_path(value: Any, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        encode_value(value, "f() argument 1")
+
+
+def test_shared_but_acyclic_values_encode() -> None:
+    shared = [1, 2]
+    assert decode_bytes(encode_value({"a": shared, "b": [shared, shared]}, "v")) == {
+        "a": [1, 2], "b": [[1, 2], [1, 2]]
+    }
+    assert decode_bytes(encode_value(deep(_abi.MAX_DEPTH), "v")) == deep(_abi.MAX_DEPTH)
+
+
+def test_any_parameters_take_any_value_and_typed_ones_do_not() -> None:
+    from aionub._wire import encode_call
+
+    fn = GuestFunction("f", (_abi.TAG_INT, _abi.TAG_ANY), _abi.TAG_ANY)
+    assert str(fn) == "f(int, any) -> any"
+    request = encode_call(fn, fn.prefix(), [1, {"a": [1.5, b"x"]}])
+    assert request.endswith(encode_value({"a": [1.5, b"x"]}, "v"))
+    with pytest.raises(TypeError, match=r"f\(\) argument 1 must be int, not list"):
+        encode_call(fn, fn.prefix(), [[1], None])
+    with pytest.raises(TypeError, match=r"f\(\) argument 2\['k'\]: cannot pass a value of type set"):
+        encode_call(fn, fn.prefix(), [1, {"k": set()}])
+
+
+def test_signatures_refuse_list_and_dict_tags() -> None:
+    for tag in (_abi.TAG_LIST, _abi.TAG_DICT, 9):
+        table = struct.pack("<I", 1) + encode_string(b"f") + bytes([tag, 0]) + struct.pack("<I", 0)
+        with pytest.raises(GuestProtocolError, match=f"invalid type tag {tag}"):
+            decode_ready(memoryview(table), len(table))
+
+
+def test_any_result_takes_any_value() -> None:
+    fn = GuestFunction("f", (), _abi.TAG_ANY)
+    for value in (None, 1, "s", [1, {"a": b"b"}], {}):
+        record = b"\x00" + encode_value(value, "v")
+        assert decode_result(fn, output_with(record), len(record), "<test>") == value
 
 
 # ---- the result, log and host-call decoders (without a VM) -----------------------------------
@@ -192,7 +364,7 @@ def services(hosts: dict[str, Any] | None = None) -> GuestServices:
 
 
 @FUZZ
-@given(records(), st.integers(0, 400), st.integers(0, _abi.TAG_LAST), st.binary(max_size=4))
+@given(records(), st.integers(0, 400), st.sampled_from(sorted(_abi.SIGNATURE_TAGS)), st.binary(max_size=4))
 def test_call_result_decoder(data: bytes, cut: int, returns: int, tail: bytes) -> None:
     """A result record decodes to a value of the declared type, or raises
     GuestProtocolError (which poisons) or TypeError (the guest rejected the
@@ -202,6 +374,9 @@ def test_call_result_decoder(data: bytes, cut: int, returns: int, tail: bytes) -
     try:
         value = decode_result(fn, output_with(data[:length] + tail), length, "<fuzz>")
     except (GuestProtocolError, TypeError):
+        return
+    if returns == _abi.TAG_ANY:
+        check_shape(value)
         return
     expected_type = {0: type(None), 1: bool, 2: int, 3: float, 4: str, 5: bytes}[returns]
     assert type(value) is expected_type

@@ -35,7 +35,7 @@ def _tool(name: str) -> str:
 # ---- the runtime's C code, natively ------------------------------------------------
 
 #: The runtime's pure-C units: no system requests, no musl internals.
-RUNTIME_UNITS = ("messages", "hostcall", "pages")
+RUNTIME_UNITS = ("messages", "hostcall", "values", "pages")
 
 
 @needs_source_tree

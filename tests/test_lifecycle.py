@@ -140,7 +140,7 @@ async def test_host_function_errors_fail_the_call_without_poisoning() -> None:
         await anyio.sleep(0)
         raise Boom("async no")
 
-    hosts = {"raises": raises, "async_raises": async_raises, "wrong_type": lambda x: [x]}
+    hosts = {"raises": raises, "async_raises": async_raises, "wrong_type": lambda x: {x}}
     async with aionub.Sandbox.create(aionub.DEMO_GUEST, host_functions=hosts) as sb:
         with pytest.raises(aionub.HostFunctionError, match="Boom: no 7") as info:
             await sb.call("call_host", "raises", 7)
@@ -148,7 +148,7 @@ async def test_host_function_errors_fail_the_call_without_poisoning() -> None:
         with pytest.raises(aionub.HostFunctionError) as info:
             await sb.call("call_host", "async_raises", 1)
         assert isinstance(info.value.__cause__, Boom)
-        with pytest.raises(aionub.HostFunctionError, match="list") as info:
+        with pytest.raises(aionub.HostFunctionError, match="cannot pass a value of type set") as info:
             await sb.call("call_host", "wrong_type", 1)
         assert isinstance(info.value.__cause__, TypeError)
         with pytest.raises(aionub.HostFunctionError, match="'missing', which does not exist"):

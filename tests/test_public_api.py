@@ -41,7 +41,8 @@ def test_demo_guest_is_installed() -> None:
 def test_python_abi_constants_match_the_header() -> None:
     header = (Path(__file__).resolve().parents[1] / "native" / "include" / "aionub" / "abi.h").read_text()
     defines = dict(re.findall(r"#define AB_(\w+)\s+(\w+)", header))
-    for name in ("TAG_NONE", "TAG_BOOL", "TAG_INT", "TAG_FLOAT", "TAG_STR", "TAG_BYTES", "STATUS_OK",
+    for name in ("TAG_NONE", "TAG_BOOL", "TAG_INT", "TAG_FLOAT", "TAG_STR", "TAG_BYTES", "TAG_LIST", "TAG_DICT",
+                 "TAG_ANY", "MAX_DEPTH", "MIN_VALUE_SIZE", "MIN_ENTRY_SIZE", "STATUS_OK",
                  "STATUS_NOT_FOUND", "STATUS_BAD_ARGS", "STATUS_EXIT", "REQ_CALL", "REQ_RUN",
                  "SYS_CLOCK", "SYS_RANDOM", "SYS_SET_FS", "SYS_WRITE", "SYS_READ", "SYS_STAT", "SYS_PREAD",
                  "SYS_SLEEP", "SYS_REPLY_HEADER", "REPLY_OK", "REPLY_ERROR", "MAX_PARAMS", "MAX_NAME"):

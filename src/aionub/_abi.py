@@ -9,7 +9,20 @@ TAG_INT = 2
 TAG_FLOAT = 3
 TAG_STR = 4
 TAG_BYTES = 5
-TAG_LAST = TAG_BYTES
+TAG_LIST = 6
+TAG_DICT = 7
+TAG_LAST = TAG_DICT
+#: Signatures only: a parameter or return value of any type.
+TAG_ANY = 8
+#: Tags a signature may use: the scalars (NONE as a return type only) and ANY.
+SIGNATURE_TAGS = frozenset((TAG_NONE, TAG_BOOL, TAG_INT, TAG_FLOAT, TAG_STR, TAG_BYTES, TAG_ANY))
+
+#: Lists and dicts nest at most this deep (the outermost container is at depth 1).
+MAX_DEPTH = 64
+#: The fewest bytes a value and a dict entry take on the wire: counts larger
+#: than the rest of the record allows are malformed.
+MIN_VALUE_SIZE = 1
+MIN_ENTRY_SIZE = 6
 
 STATUS_OK = 0
 STATUS_NOT_FOUND = 1
@@ -50,4 +63,7 @@ TYPE_NAMES = {
     TAG_FLOAT: "float",
     TAG_STR: "str",
     TAG_BYTES: "bytes",
+    TAG_LIST: "list",
+    TAG_DICT: "dict",
+    TAG_ANY: "any",
 }

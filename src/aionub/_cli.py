@@ -27,7 +27,8 @@ _USAGE = 2
 
 _VALUES_HELP = """\
 Each ARG is a JSON value: 42 is an int, 1.5 a float, true/false a bool,
-null None, "text" a str, and {"base64": "aGk="} bytes. An ARG that is not
+null None, "text" a str, [...] a list, {...} a dict, and {"base64": "aGk="}
+bytes (at any depth). An ARG that is not
 valid JSON is passed as a str, so `upper hello` works without quotes (quote
 it, '"42"', to pass a number as text). Put `--` before arguments that start
 with a dash but are not numbers. The result is printed as JSON, bytes as
@@ -86,23 +87,36 @@ def parse_value(text: str) -> Any:
         value = json.loads(text)
     except ValueError:
         return text
-    if isinstance(value, dict):
-        if set(value) != {"base64"} or not isinstance(value["base64"], str):
-            raise ValueError(f'an object argument must be {{"base64": "..."}}, got {text}')
-        try:
-            return base64.b64decode(value["base64"], validate=True)
-        except binascii.Error as exc:
-            raise ValueError(f"invalid base64 in {text}: {exc}") from None
+    return _from_json(value, text)
+
+
+def _from_json(value: Any, text: str) -> Any:
+    """JSON arrays become lists, objects dicts, and {"base64": "..."} bytes."""
     if isinstance(value, list):
-        raise ValueError(f"arrays cannot be passed to a guest function: {text}")
+        return [_from_json(item, text) for item in value]
+    if isinstance(value, dict):
+        if set(value) == {"base64"} and isinstance(value["base64"], str):
+            try:
+                return base64.b64decode(value["base64"], validate=True)
+            except binascii.Error as exc:
+                raise ValueError(f"invalid base64 in {text}: {exc}") from None
+        return {k: _from_json(v, text) for k, v in value.items()}
     return value
 
 
 def to_json(value: Any) -> str:
-    """A guest value as JSON (bytes as ``{"base64": ...}``)."""
+    """A guest value as JSON (bytes as ``{"base64": ...}``, at any depth)."""
+    return json.dumps(_to_json(value), ensure_ascii=False)
+
+
+def _to_json(value: Any) -> Any:
     if isinstance(value, bytes):
-        value = {"base64": base64.b64encode(value).decode("ascii")}
-    return json.dumps(value, ensure_ascii=False)
+        return {"base64": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, list):
+        return [_to_json(item) for item in value]
+    if isinstance(value, dict):
+        return {k: _to_json(v) for k, v in value.items()}
+    return value
 
 
 def _guest_path(text: str) -> str | Path:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 from . import _abi
 from ._exceptions import GuestProtocolError
@@ -29,10 +29,14 @@ _U32 = struct.Struct("<I")
 _I64 = struct.Struct("<q")
 _U64 = struct.Struct("<Q")
 _F64 = struct.Struct("<d")
+_HEADER = struct.Struct("<BI")  # a list's or dict's tag and count
 _I64_MIN = -(2**63)
 _I64_MAX = 2**63 - 1
 
-Value = None | bool | int | float | str | bytes
+#: What travels on the wire: scalars, and lists and dicts (str keys) of values.
+Value: TypeAlias = "bool | int | float | str | bytes | list[Value] | dict[str, Value] | None"
+
+_SUPPORTED = "int, float, bool, str, bytes, None, list, tuple, dict"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,9 +65,18 @@ def _type_name(value: object) -> str:
     return type(value).__name__
 
 
-def encode_value(value: object, what: str) -> bytes:
-    """Encode a host value whose type decides the tag. ``what`` names the
-    value in error messages ("argument 2 of add()")."""
+def _path(what: str, path: list[int | str]) -> str:
+    """``what`` followed by the subscripts that lead to a nested value:
+    ``argument 1[3]['price']``."""
+    return what + "".join(f"[{_key(p)}]" if isinstance(p, str) else f"[{p}]" for p in path)
+
+
+def _key(key: str) -> str:
+    return repr(key) if len(key) <= 40 else repr(key[:40]) + "..."
+
+
+def _encode_scalar(value: object, what: str, path: list[int | str] | None = None) -> bytes | None:
+    """A scalar's encoding, or None when ``value`` is not a scalar."""
     if value is None:
         return b"\x00"
     if value is True:
@@ -72,7 +85,7 @@ def encode_value(value: object, what: str) -> bytes:
         return b"\x01\x00"
     if isinstance(value, int):
         if not _I64_MIN <= value <= _I64_MAX:
-            raise OverflowError(f"{what}: {value} does not fit in a signed 64-bit integer")
+            raise OverflowError(f"{_path(what, path or [])}: {value} does not fit in a signed 64-bit integer")
         return b"\x02" + _I64.pack(value)
     if isinstance(value, float):
         return b"\x03" + _F64.pack(value)
@@ -80,19 +93,92 @@ def encode_value(value: object, what: str) -> bytes:
         try:
             raw = value.encode("utf-8")
         except UnicodeEncodeError as exc:
-            raise ValueError(f"{what}: string is not valid Unicode ({exc.reason})") from None
+            raise ValueError(f"{_path(what, path or [])}: string is not valid Unicode ({exc.reason})") from None
         return b"\x04" + _U32.pack(len(raw)) + raw + b"\x00"
     if isinstance(value, bytes | bytearray | memoryview):
         raw = bytes(value)
         return b"\x05" + _U32.pack(len(raw)) + raw + b"\x00"
-    raise TypeError(
-        f"{what}: cannot pass a value of type {_type_name(value)} "
-        "(supported: int, float, bool, str, bytes, None)"
-    )
+    return None
+
+
+def encode_value(value: object, what: str) -> bytes:
+    """Encode a host value whose type decides the tag. ``what`` names the
+    value in error messages ("add() argument 2"); for a value inside lists
+    and dicts the message adds the path to it (``f() argument 1[3]['price']``).
+
+    Raises TypeError for a type that cannot travel (a set, an object) or a
+    dict key that is not a str, ValueError for a list or dict that contains
+    itself or nests deeper than ``_abi.MAX_DEPTH``, OverflowError for an int
+    outside int64."""
+    encoded = _encode_scalar(value, what)
+    if encoded is not None:
+        return encoded
+    if isinstance(value, list | tuple | dict):
+        parts: list[bytes] = []
+        _encode_container(value, what, [], set(), parts)
+        return b"".join(parts)
+    raise TypeError(f"{what}: cannot pass a value of type {_type_name(value)} (supported: {_SUPPORTED})")
+
+
+def _encode_container(
+    value: list[Any] | tuple[Any, ...] | dict[Any, Any],
+    what: str,
+    path: list[int | str],
+    active: set[int],
+    parts: list[bytes],
+) -> None:
+    """Append the encoding of a list, tuple or dict to ``parts``. ``path``
+    leads from the outermost value to this one and ``active`` holds the ids
+    of the containers on that path (a cycle returns to one of them). The
+    recursion is bounded: at most ``_abi.MAX_DEPTH`` levels."""
+    if len(path) >= _abi.MAX_DEPTH:
+        raise ValueError(
+            f"{_path(what, path)}: lists and dicts nest deeper than {_abi.MAX_DEPTH} levels"
+        )
+    if id(value) in active:
+        raise ValueError(f"{_path(what, path)}: the {_type_name(value)} contains itself")
+    active.add(id(value))
+    if isinstance(value, dict):
+        parts.append(_HEADER.pack(_abi.TAG_DICT, len(value)))
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(
+                    f"{_path(what, path)}: dict keys must be str, not {_type_name(key)} (key {key!r:.60})"
+                )
+            path.append(key)
+            try:
+                raw = key.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ValueError(f"{_path(what, path)}: the key is not valid Unicode ({exc.reason})") from None
+            parts.append(_U32.pack(len(raw)) + raw + b"\x00")
+            _encode_item(item, what, path, active, parts)
+            path.pop()
+    else:
+        parts.append(_HEADER.pack(_abi.TAG_LIST, len(value)))
+        for i, item in enumerate(value):
+            path.append(i)
+            _encode_item(item, what, path, active, parts)
+            path.pop()
+    active.discard(id(value))
+
+
+def _encode_item(
+    item: object, what: str, path: list[int | str], active: set[int], parts: list[bytes]
+) -> None:
+    encoded = _encode_scalar(item, what, path)
+    if encoded is not None:
+        parts.append(encoded)
+    elif isinstance(item, list | tuple | dict):
+        _encode_container(item, what, path, active, parts)
+    else:
+        raise TypeError(
+            f"{_path(what, path)}: cannot pass a value of type {_type_name(item)} (supported: {_SUPPORTED})"
+        )
 
 
 def _check_param(fn: GuestFunction, index: int, tag: int, value: object) -> object:
-    """Check (and for float parameters, convert) one argument."""
+    """Check (and for float parameters, convert) one argument. An ``any``
+    parameter takes whatever encode_value accepts."""
     ok: bool
     if tag == _abi.TAG_INT:
         ok = isinstance(value, int) and not isinstance(value, bool)
@@ -106,6 +192,8 @@ def _check_param(fn: GuestFunction, index: int, tag: int, value: object) -> obje
         ok = isinstance(value, str)
     elif tag == _abi.TAG_BYTES:
         ok = isinstance(value, bytes | bytearray | memoryview)
+    elif tag == _abi.TAG_ANY:
+        ok = True
     else:
         ok = value is None
     if not ok:
@@ -192,6 +280,13 @@ class Reader:
 
     def value(self) -> Value:
         tag = self.u8()
+        if tag < _abi.TAG_LIST:
+            return self._scalar(tag)
+        if tag <= _abi.TAG_DICT:
+            return self._container(tag)
+        raise self.fail(f"unknown value tag {tag} at offset {self.pos - 1}")
+
+    def _scalar(self, tag: int) -> Value:
         if tag == _abi.TAG_NONE:
             return None
         if tag == _abi.TAG_INT:
@@ -209,6 +304,60 @@ class Reader:
             return self.raw()
         raise self.fail(f"unknown value tag {tag} at offset {self.pos - 1}")
 
+    def _open(self, tag: int) -> tuple[list[Any] | dict[str, Any], int]:
+        """A new list or dict and its count, which must fit the bytes left."""
+        at = self.pos - 1
+        count = self.u32()
+        left = self.end - self.pos
+        if tag == _abi.TAG_LIST:
+            if count > left // _abi.MIN_VALUE_SIZE:
+                raise self.fail(f"list at offset {at} claims {count} items but only {left} bytes are left")
+            return [], count
+        if count > left // _abi.MIN_ENTRY_SIZE:
+            raise self.fail(f"dict at offset {at} claims {count} entries but only {left} bytes are left")
+        return {}, count
+
+    def _container(self, tag: int) -> Value:
+        """A list or dict, decoded without recursion: ``open`` holds the
+        containers being filled (at most ``_abi.MAX_DEPTH``) and ``left`` how
+        many items each still expects. Every item consumes at least one byte,
+        so the work is bounded by the record's length."""
+        root, count = self._open(tag)
+        open_: list[list[Any] | dict[str, Any]] = [root]
+        left = [count]
+        while open_:
+            if not left[-1]:
+                open_.pop()
+                left.pop()
+                continue
+            left[-1] -= 1
+            parent = open_[-1]
+            key = ""
+            if type(parent) is dict:
+                at = self.pos
+                key = self.text()
+                if key in parent:
+                    raise self.fail(f"dict key {key!r:.60} at offset {at} appears twice")
+            tag = self.u8()
+            item: Value
+            if tag < _abi.TAG_LIST:
+                item = self._scalar(tag)
+            elif tag <= _abi.TAG_DICT:
+                if len(open_) >= _abi.MAX_DEPTH:
+                    raise self.fail(
+                        f"lists and dicts nest deeper than {_abi.MAX_DEPTH} levels (offset {self.pos - 1})"
+                    )
+                item, n = self._open(tag)
+                open_.append(item)
+                left.append(n)
+            else:
+                raise self.fail(f"unknown value tag {tag} at offset {self.pos - 1}")
+            if type(parent) is dict:
+                parent[key] = item
+            else:
+                parent.append(item)  # type: ignore[union-attr]
+        return root
+
     def done(self) -> None:
         if self.pos != self.end:
             raise self.fail(f"{self.end - self.pos} unexpected trailing bytes")
@@ -216,7 +365,7 @@ class Reader:
 
 def _tag(r: Reader, allow_none: bool) -> int:
     tag = r.u8()
-    if tag > _abi.TAG_LAST or (tag == _abi.TAG_NONE and not allow_none):
+    if tag not in _abi.SIGNATURE_TAGS or (tag == _abi.TAG_NONE and not allow_none):
         raise r.fail(f"invalid type tag {tag} in a signature")
     return tag
 

@@ -478,7 +478,7 @@ static void test_hostcall(void) {
           "a name that is not UTF-8 is not sent: %s", (const char *)r.buf.ptr);
     ab_value_free(&r);
     ab_value badstr = ab_strn("ok\xc3(", 4);
-    CHECK(ab_call_host("x", &badstr, 1, &r) == -1 && strstr(r.buf.ptr, "argument 1 is a str that is not valid UTF-8"),
+    CHECK(ab_call_host("x", &badstr, 1, &r) == -1 && strstr(r.buf.ptr, "argument 1: str is not valid UTF-8"),
           "a str argument that is not UTF-8 is not sent");
     ab_value_free(&r);
     ab_value many[17];
@@ -489,10 +489,10 @@ static void test_hostcall(void) {
     CHECK(ab_call_host("x", NULL, 2, &r) == -1 && strstr(r.buf.ptr, "args is NULL"), "NULL args");
     ab_value_free(&r);
     ab_value odd = {.type = (ab_type)9};
-    CHECK(ab_call_host("x", &odd, 1, &r) == -1 && strstr(r.buf.ptr, "argument 1 is not a valid"), "bad type");
+    CHECK(ab_call_host("x", &odd, 1, &r) == -1 && strstr(r.buf.ptr, "argument 1: invalid ab_value type"), "bad type");
     ab_value_free(&r);
     ab_value nullstr = {.type = AB_STR, .buf = {NULL, 3}};
-    CHECK(ab_call_host("x", &nullstr, 1, &r) == -1 && strstr(r.buf.ptr, "not a valid"), "NULL str with a length");
+    CHECK(ab_call_host("x", &nullstr, 1, &r) == -1 && strstr(r.buf.ptr, "str with a NULL pointer"), "NULL str with a length");
     ab_value_free(&r);
     static char huge[5000];
     memset(huge, 'a', sizeof huge - 1);
@@ -520,7 +520,7 @@ static void test_hostcall(void) {
     put32(reply + 2, 3);
     memcpy(reply + 6, "abc", 4);
     fail_next = 1;
-    CHECK(ab_call_host("s", NULL, 0, &r) == -1 && r.type == AB_STR && strstr(r.buf.ptr, "out of memory copying the str"),
+    CHECK(ab_call_host("s", NULL, 0, &r) == -1 && r.type == AB_STR && strstr(r.buf.ptr, "out of memory for the result of host function s"),
           "no memory for the result: %s", (const char *)r.buf.ptr);
     ab_value_free(&r);
     fail_next = 2; /* the copy fails, then the message's copy too */

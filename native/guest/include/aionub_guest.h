@@ -43,6 +43,10 @@ typedef enum {
     AB_FLOAT = AB_TAG_FLOAT,
     AB_STR = AB_TAG_STR,
     AB_BYTES = AB_TAG_BYTES,
+    AB_LIST = AB_TAG_LIST, /* in ab_value only (not in signatures: use AB_ANY) */
+    AB_DICT = AB_TAG_DICT, /* in ab_value only (not in signatures: use AB_ANY) */
+    AB_ANY = AB_TAG_ANY,   /* in signatures only: a value of any type, passed
+                              as const ab_value * and returned as ab_value     */
 } ab_type;
 
 /* What a function exported with return type AB_BYTES returns. `data` must
@@ -52,6 +56,57 @@ typedef struct {
     const uint8_t *data;
     size_t len;
 } ab_bytes;
+
+/*
+ * A dynamically typed value: the arguments and results of AB_ANY
+ * parameters and returns, and of host calls (ab_call_host).
+ *
+ *   AB_VOID (None), AB_BOOL .b, AB_INT .i, AB_FLOAT .f,
+ *   AB_STR, AB_BYTES  .buf.ptr / .buf.len (len does not count a NUL; a str
+ *                     is UTF-8 and may contain NUL characters),
+ *   AB_LIST           .list.items / .list.len,
+ *   AB_DICT           .dict.entries / .dict.len (keys are unique).
+ *
+ * Lists and dicts nest at most AB_MAX_DEPTH (64) deep.
+ *
+ * Ownership: `owned` says that the value's own storage (a str's or bytes'
+ * data, a list's items array, a dict's entries array) was allocated with
+ * malloc() and belongs to the value; an entry's `key_owned` says the same of
+ * its key. ab_value_free() frees what is marked owned, after descending into
+ * lists and dicts (whatever their mark), and nothing else. Values built with
+ * the constructors below are not owned; ab_owned() marks one.
+ */
+typedef struct ab_value ab_value;
+typedef struct ab_entry ab_entry;
+struct ab_value {
+    ab_type type;
+    bool owned;
+    union {
+        bool b;
+        int64_t i;
+        double f;
+        struct {
+            const void *ptr;
+            size_t len;
+        } buf;
+        struct {
+            const ab_value *items;
+            size_t len;
+        } list;
+        struct {
+            const ab_entry *entries;
+            size_t len;
+        } dict;
+    };
+};
+/* One entry of a dict: a UTF-8 key (NUL-terminated when the runtime made
+ * it; key_len does not count the NUL) and its value. */
+struct ab_entry {
+    const char *key;
+    size_t key_len;
+    bool key_owned;
+    ab_value value;
+};
 
 /* ---- exporting functions -------------------------------------------------- */
 /*
@@ -68,6 +123,7 @@ typedef struct {
  *              AB_STR  -> const char *          AB_FLOAT -> double
  *              AB_BYTES-> const uint8_t *, size_t   AB_STR -> const char *
  *                         (two C parameters)    AB_BYTES -> ab_bytes
+ *              AB_ANY  -> const ab_value *      AB_ANY   -> ab_value
  *
  * A str argument is NUL-terminated UTF-8 without embedded NULs (the runtime
  * rejects a call otherwise). A bytes argument is followed by a NUL byte that
@@ -88,6 +144,20 @@ typedef struct {
  *
  * An int argument is accepted for a float parameter (converted as by a C
  * cast); no other conversion is made.
+ *
+ * An AB_ANY argument is any value, lists and dicts included. It, and all it
+ * points to (strings point into the input buffer, arrays into memory the
+ * runtime frees), stays valid until the call's result has been written:
+ * returning it or parts of it is fine; copy what you keep; never free it.
+ *
+ * An AB_ANY result is encoded by the runtime after the function returns;
+ * then the runtime calls ab_value_free() on it, which frees exactly the parts
+ * marked owned (ab_owned(), key_owned). Unowned parts must stay valid until
+ * the return (static data, the arguments, or memory you manage). A result
+ * that is not a valid value (an unknown type, a NULL pointer with a non-zero
+ * length, a str or key that is not UTF-8, a dict with a key twice, nesting
+ * deeper than AB_MAX_DEPTH) or does not fit the output buffer aborts the
+ * guest with code -1 and a message giving the path to the bad part.
  */
 struct ab_export {
     const char *name;
@@ -107,7 +177,7 @@ struct ab_export {
                    "AB_EXPORT: at most 16 parameters");                          \
     _Static_assert(AB__INT_SLOTS(__VA_ARGS__) <= 6,                              \
                    "AB_EXPORT: at most 6 integer-class C parameters (bool, "     \
-                   "int and str take 1, bytes takes 2)");                        \
+                   "int, str and any take 1, bytes takes 2)");                   \
     _Static_assert(AB__FLOAT_SLOTS(__VA_ARGS__) <= 8,                            \
                    "AB_EXPORT: at most 8 float parameters");                     \
     _Static_assert(__builtin_types_compatible_p(__typeof__(&(fn)),               \
@@ -120,22 +190,7 @@ struct ab_export {
             (uint8_t)(AB__NARGS(__VA_ARGS__) - 1),                               \
             {AB__PARAM_INIT(__VA_ARGS__)}}
 
-/* ---- calling the host ------------------------------------------------------ */
-
-/* A dynamically typed value for host calls. For AB_STR and AB_BYTES, `buf`
- * holds the data; `buf.len` does not count the trailing NUL. */
-typedef struct {
-    ab_type type;
-    union {
-        bool b;
-        int64_t i;
-        double f;
-        struct {
-            const void *ptr;
-            size_t len;
-        } buf;
-    };
-} ab_value;
+/* ---- values ------------------------------------------------------------------ */
 
 static inline ab_value ab_none(void) { return (ab_value){.type = AB_VOID}; }
 static inline ab_value ab_bool(bool b) { return (ab_value){.type = AB_BOOL, .b = b}; }
@@ -152,21 +207,49 @@ static inline ab_value ab_strn(const char *s, size_t len) {
 static inline ab_value ab_bytes_value(const void *ptr, size_t len) {
     return (ab_value){.type = AB_BYTES, .buf = {ptr, len}};
 }
+/* A list of the `n` values at `items` (not copied). */
+static inline ab_value ab_list(const ab_value *items, size_t n) {
+    return (ab_value){.type = AB_LIST, .list = {items, n}};
+}
+/* A dict of the `n` entries at `entries` (not copied; keys must be unique). */
+static inline ab_value ab_dict(const ab_entry *entries, size_t n) {
+    return (ab_value){.type = AB_DICT, .dict = {entries, n}};
+}
+/* A dict entry: `key` is NUL-terminated UTF-8, not copied. */
+static inline ab_entry ab_key(const char *key, ab_value value) {
+    return (ab_entry){.key = key, .key_len = strlen(key), .value = value};
+}
+/* `v`, marked as owning its storage (from malloc): ab_value_free() frees it.
+ *     ab_value *items = malloc(n * sizeof *items);  ...
+ *     return ab_owned(ab_list(items, n));      // the runtime frees items   */
+static inline ab_value ab_owned(ab_value v) {
+    v.owned = true;
+    return v;
+}
+
+/* Frees the storage of `v` marked owned, and of the values inside it (at
+ * most AB_MAX_DEPTH levels down), then sets *v to None. Unowned parts are
+ * left alone. NULL is allowed. */
+void ab_value_free(ab_value *v);
+
+/* The value of `key` in the dict `dict`, or NULL (not a dict, or no such key). */
+const ab_value *ab_dict_get(const ab_value *dict, const char *key);
+
+/* ---- calling the host ------------------------------------------------------ */
 
 /*
- * Call the host function `name` with `nargs` arguments (at most 16) and wait
- * for its reply. Only valid while the guest is serving a call.
+ * Call the host function `name` with `nargs` arguments (at most 16; any
+ * values, lists and dicts included) and wait for its reply. Only valid
+ * while the guest is serving a call.
  *
  * Returns 0 and stores the host's return value in *result on success. On an
- * error (the host function raised, is unknown, or the request could not be
- * sent) returns -1 and stores an AB_STR error message in *result. STR and
- * BYTES results (including error messages) are NUL-terminated heap copies
- * that stay valid until ab_value_free(result).
+ * error (the host function raised, is unknown, an argument is not a valid
+ * value, or the request could not be sent) returns -1 and stores an AB_STR
+ * error message in *result. Results (error messages included) are heap
+ * copies, strings and keys NUL-terminated, that stay valid until
+ * ab_value_free(result): call it for every result.
  */
 int ab_call_host(const char *name, const ab_value *args, size_t nargs, ab_value *result);
-
-/* Free what ab_call_host allocated for a result (no-op for other types). */
-void ab_value_free(ab_value *v);
 
 /* Call `name(arg)` and return its int (a bool result counts as 0 or 1).
  * On an error, or if the host returned another type, returns 0 and sets
@@ -210,7 +293,10 @@ _Noreturn void ab_vabort(int64_t code, const char *fmt, va_list ap)
 #define AB__CT_AB_FLOAT double
 #define AB__CT_AB_STR const char *
 #define AB__CT_AB_BYTES const uint8_t *, size_t
+#define AB__CT_AB_ANY const ab_value *
 #define AB__CT_AB_VOID ab_error_AB_VOID_is_only_valid_as_a_return_type
+#define AB__CT_AB_LIST ab_error_AB_LIST_is_not_a_signature_type_use_AB_ANY
+#define AB__CT_AB_DICT ab_error_AB_DICT_is_not_a_signature_type_use_AB_ANY
 /* C return type for each return tag. */
 #define AB__RT(t) AB__RT_##t
 #define AB__RT_AB_VOID void
@@ -219,6 +305,9 @@ _Noreturn void ab_vabort(int64_t code, const char *fmt, va_list ap)
 #define AB__RT_AB_FLOAT double
 #define AB__RT_AB_STR const char *
 #define AB__RT_AB_BYTES ab_bytes
+#define AB__RT_AB_ANY ab_value
+#define AB__RT_AB_LIST ab_error_AB_LIST_is_not_a_signature_type_use_AB_ANY
+#define AB__RT_AB_DICT ab_error_AB_DICT_is_not_a_signature_type_use_AB_ANY
 /* Register slots taken by each parameter tag. */
 #define AB__IS(t) +AB__IS_##t
 #define AB__IS_AB_BOOL 1
@@ -227,6 +316,9 @@ _Noreturn void ab_vabort(int64_t code, const char *fmt, va_list ap)
 #define AB__IS_AB_STR 1
 #define AB__IS_AB_BYTES 2
 #define AB__IS_AB_VOID 0
+#define AB__IS_AB_ANY 1
+#define AB__IS_AB_LIST 0
+#define AB__IS_AB_DICT 0
 #define AB__FS(t) +AB__FS_##t
 #define AB__FS_AB_BOOL 0
 #define AB__FS_AB_INT 0
@@ -234,6 +326,9 @@ _Noreturn void ab_vabort(int64_t code, const char *fmt, va_list ap)
 #define AB__FS_AB_STR 0
 #define AB__FS_AB_BYTES 0
 #define AB__FS_AB_VOID 0
+#define AB__FS_AB_ANY 0
+#define AB__FS_AB_LIST 0
+#define AB__FS_AB_DICT 0
 #define AB__TAG(t) t
 
 #define AB__INT_SLOTS(...) (0 AB__MAP(AB__IS, AB__NOSEP, __VA_ARGS__))

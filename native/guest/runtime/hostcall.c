@@ -1,12 +1,12 @@
 /*
  * Calls from the guest to host functions: encode the request in the output
  * buffer, exit through AB_PORT_HOSTCALL, decode the reply the host left in the
- * output buffer and copy strings and bytes to the heap.
+ * output buffer and copy it to the heap (values.c does the values).
  */
 #include "internal.h"
 
-/* Error message used when the heap cannot hold the real one. It is not heap
- * memory, so ab_value_free() must recognise it. */
+/* Error message used when the heap cannot hold the real one (not owned:
+ * ab_value_free() leaves it alone). */
 static const char oom_message[] = "out of memory in the guest while handling a host call";
 
 static void set_error_text(ab_value *result, const char *msg, size_t len) {
@@ -17,11 +17,11 @@ static void set_error_text(ab_value *result, const char *msg, size_t len) {
     }
     memcpy(copy, msg, len);
     copy[len] = 0;
-    *result = (ab_value){.type = AB_STR, .buf = {copy, len}};
+    *result = (ab_value){.type = AB_STR, .owned = true, .buf = {copy, len}};
 }
 
 __attribute__((format(printf, 2, 3))) static int fail(ab_value *result, const char *fmt, ...) {
-    char msg[320];
+    char msg[512];
     va_list ap;
     va_start(ap, fmt);
     int n = vsnprintf(msg, sizeof msg, fmt, ap);
@@ -31,81 +31,28 @@ __attribute__((format(printf, 2, 3))) static int fail(ab_value *result, const ch
     return -1;
 }
 
-static bool put_value(ab__writer *w, const ab_value *v) {
-    switch (v->type) {
-    case AB_VOID:
-        ab__put_u8(w, AB_TAG_NONE);
-        return true;
-    case AB_BOOL:
-        ab__put_u8(w, AB_TAG_BOOL);
-        ab__put_u8(w, v->b ? 1 : 0);
-        return true;
-    case AB_INT:
-        ab__put_u8(w, AB_TAG_INT);
-        ab__put_u64(w, (uint64_t)v->i);
-        return true;
-    case AB_FLOAT: {
-        uint64_t bits;
-        memcpy(&bits, &v->f, 8);
-        ab__put_u8(w, AB_TAG_FLOAT);
-        ab__put_u64(w, bits);
-        return true;
-    }
-    case AB_STR:
-    case AB_BYTES:
-        if (v->buf.len && !v->buf.ptr)
-            return false;
-        ab__put_u8(w, (uint8_t)v->type);
-        ab__put_lstr(w, v->buf.ptr, v->buf.len);
-        return true;
-    }
-    return false;
-}
-
-/* Decodes one value of the reply into *out, copying str/bytes to the heap. */
+/* Decodes the value of the reply into *out: checked, then built in one heap
+ * block that holds its arrays, strings and keys. The block is the storage of
+ * the outermost value (its data, items or entries come first), which alone
+ * is marked owned: ab_value_free() frees all of it. */
 static int get_value(ab__reader *r, ab_value *out, const char *name) {
-    uint8_t tag = ab__get_u8(r);
-    switch (tag) {
-    case AB_TAG_NONE:
-        *out = ab_none();
-        break;
-    case AB_TAG_BOOL: {
-        uint8_t b = ab__get_u8(r);
-        if (b > 1)
-            r->bad = true;
-        *out = ab_bool(b);
-        break;
-    }
-    case AB_TAG_INT:
-        *out = ab_int((int64_t)ab__get_u64(r));
-        break;
-    case AB_TAG_FLOAT: {
-        uint64_t bits = ab__get_u64(r);
-        double f;
-        memcpy(&f, &bits, 8);
-        *out = ab_float(f);
-        break;
-    }
-    case AB_TAG_STR:
-    case AB_TAG_BYTES: {
-        const uint8_t *p;
-        uint32_t n;
-        if (!ab__get_lstr(r, &p, &n))
-            break;
-        char *copy = malloc((size_t)n + 1);
-        if (!copy)
-            return fail(out, "out of memory copying the %s result of host function %s (%u bytes)",
-                        ab__type_name(tag), name, n);
-        memcpy(copy, p, n);
-        copy[n] = 0;
-        *out = (ab_value){.type = (ab_type)tag, .buf = {copy, n}};
-        break;
-    }
-    default:
-        r->bad = true;
-    }
-    if (r->bad)
+    size_t start = r->pos;
+    ab__value_size size = {0, 0, 0};
+    if (!ab__value_measure(r, &size))
         return fail(out, "malformed reply from host function %s", name);
+    size_t n = ab__value_block_size(&size, true);
+    uint8_t *block = NULL;
+    if (n) {
+        block = malloc(n);
+        if (!block)
+            return fail(out, "out of memory for the result of host function %s (%zu bytes)", name,
+                        n);
+    }
+    size_t nodes = size.values * sizeof(ab_value) + size.entries * sizeof(ab_entry);
+    ab__value_mem m = {block, (char *)block + nodes, true};
+    r->pos = start;
+    ab__value_build(r, out, &m);
+    out->owned = block != NULL;
     return 0;
 }
 
@@ -143,14 +90,10 @@ static int call_host(const char *name, const ab_value *args, size_t nargs, ab_va
     ab__put_lstr(&w, name, nlen);
     ab__put_u8(&w, (uint8_t)nargs);
     for (size_t i = 0; i < nargs; i++) {
-        if (!put_value(&w, &args[i]))
-            return fail(result, "host function %s: argument %zu is not a valid ab_value", name,
-                        i + 1);
-        /* the host would take a str that is not UTF-8 for a protocol violation */
-        if (args[i].type == AB_STR &&
-            ab__utf8_valid_prefix(args[i].buf.ptr, args[i].buf.len) != args[i].buf.len)
-            return fail(result, "host function %s: argument %zu is a str that is not valid UTF-8",
-                        name, i + 1);
+        ab__value_error err;
+        if (!ab__put_value(&w, &args[i], &err))
+            return fail(result, "host function %s: argument %zu%s: %s", name, i + 1, err.path,
+                        err.problem);
     }
     if (w.full)
         return fail(result,
@@ -174,14 +117,6 @@ static int call_host(const char *name, const ab_value *args, size_t nargs, ab_va
         return -1;
     }
     return fail(result, "malformed reply from host function %s (status %u)", name, status);
-}
-
-void ab_value_free(ab_value *v) {
-    if (!v)
-        return;
-    if ((v->type == AB_STR || v->type == AB_BYTES) && v->buf.ptr != oom_message)
-        free((void *)v->buf.ptr);
-    *v = ab_none();
 }
 
 int64_t ab_call_host_int(const char *name, int64_t arg, int *err) {

@@ -107,6 +107,47 @@ static inline bool ab__get_lstr(ab__reader *r, const uint8_t **p, uint32_t *n) {
     return true;
 }
 
+/* ---- values (values.c) ------------------------------------------------------ */
+
+/* Why ab__put_value() refused a value: the path to the bad part ("[3]['k']",
+ * empty for the value itself) and the problem. */
+typedef struct {
+    char path[256];
+    char problem[160];
+} ab__value_error;
+
+/* Appends the value (tag and payload) to w. Returns false, with *err filled
+ * in, for a value that is not valid; stops early (w->full) once it cannot
+ * fit. */
+bool ab__put_value(ab__writer *w, const ab_value *v, ab__value_error *err);
+
+/* What building decoded values takes: list items, dict entries, and bytes
+ * of strings, byte strings and keys with their NULs. */
+typedef struct {
+    size_t values, entries, bytes;
+} ab__value_size;
+
+/* Validates the value at r (tag, payload; counts against the bytes left,
+ * nesting at most AB_MAX_DEPTH) and adds what building it takes to *size.
+ * Returns false (r->bad) for a malformed value. */
+bool ab__value_measure(ab__reader *r, ab__value_size *size);
+
+/* The size of the block that ab__value_build() needs for what was measured. */
+size_t ab__value_block_size(const ab__value_size *size, bool copy);
+
+/* Where ab__value_build() takes memory from: arrays from `nodes` (8-byte
+ * aligned), and with `copy` strings from `strs`; without `copy` strings and
+ * keys point into the reader's buffer. */
+typedef struct {
+    uint8_t *nodes;
+    char *strs;
+    bool copy;
+} ab__value_mem;
+
+/* Builds a value that ab__value_measure() accepted, from the same bytes.
+ * Nothing it builds is marked owned. */
+void ab__value_build(ab__reader *r, ab_value *out, ab__value_mem *m);
+
 /* ---- helpers implemented in the runtime ------------------------------------ */
 
 /* Writes len:u32, a formatted message and its NUL at ab__out + offset, cutting

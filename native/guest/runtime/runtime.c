@@ -32,8 +32,9 @@ static fn_entry *fns;
 static size_t nfns;
 
 const char *ab__type_name(unsigned tag) {
-    static const char *const names[] = {"None", "bool", "int", "float", "str", "bytes"};
-    return tag <= AB_TAG_LAST ? names[tag] : "<invalid type>";
+    static const char *const names[] = {"None", "bool", "int",  "float", "str",
+                                        "bytes", "list", "dict", "any"};
+    return tag <= AB_TAG_ANY ? names[tag] : "<invalid type>";
 }
 
 /* ---- the function table ----------------------------------------------------- */
@@ -55,7 +56,7 @@ static void check_export(const struct ab_export *e, fn_entry *out) {
         ab_abort(-1, "export #%zu: the name is not valid UTF-8", index);
     if (!e->fn)
         ab_abort(-1, "export %s has no function", e->name);
-    if (e->ret > AB_TAG_LAST)
+    if (e->ret > AB_TAG_BYTES && e->ret != AB_TAG_ANY)
         ab_abort(-1, "export %s: invalid return type %u", e->name, e->ret);
     if (e->nparams > AB_MAX_PARAMS)
         ab_abort(-1, "export %s: %u parameters (at most %d)", e->name, e->nparams, AB_MAX_PARAMS);
@@ -65,6 +66,7 @@ static void check_export(const struct ab_export *e, fn_entry *out) {
         case AB_TAG_BOOL:
         case AB_TAG_INT:
         case AB_TAG_STR:
+        case AB_TAG_ANY:
             ints++;
             break;
         case AB_TAG_BYTES:
@@ -160,6 +162,11 @@ typedef int64_t (*fn_int)(AB__PARAMS);
 typedef double (*fn_float)(AB__PARAMS);
 typedef const char *(*fn_str)(AB__PARAMS);
 typedef ab_bytes (*fn_bytes)(AB__PARAMS);
+/* ab_value (24 bytes) is returned in memory: the caller passes its address
+ * in rdi and the arguments shift by one register on both sides alike, so
+ * the sixth integer argument travels on the stack where the callee, which
+ * has the same hidden parameter, looks for it. */
+typedef ab_value (*fn_any)(AB__PARAMS);
 #define AB__ARGS(i, f) i[0], i[1], i[2], i[3], i[4], i[5], \
                        f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7]
 
@@ -193,7 +200,10 @@ _Noreturn static void result_too_large(const struct ab_export *e, size_t len) {
 
 static size_t call_export(const struct ab_export *e, int64_t *iv, double *fv);
 
-static size_t dispatch(void) {
+/* dispatch() and call_export() are on the stack while the exported function
+ * runs, and that function may move the FS base (AB_SYS_SET_FS, arch_prctl):
+ * they must not check a stack-protector canary at fs:0x28 when it returns. */
+__attribute__((no_stack_protector, noinline)) static size_t dispatch(void) {
     ab__reader r = {ab__in, ab__in_size, 0, false};
     unsigned kind = ab__get_u8(&r);
     if (kind == AB_REQ_RUN)
@@ -218,12 +228,27 @@ static size_t dispatch(void) {
     int64_t iv[6] = {0};
     double fv[8] = {0};
     unsigned ni = 0, nf = 0;
+    /* AB_ANY arguments: where each starts and the register slot it takes;
+     * they are built once all arguments are checked. */
+    size_t any_pos[AB_MAX_PARAMS];
+    unsigned any_slot[AB_MAX_PARAMS], nany = 0;
+    ab__value_size any_size = {0, 0, 0};
     for (unsigned i = 0; i < nargs; i++) {
+        size_t at = r.pos;
         unsigned tag = ab__get_u8(&r);
         unsigned want = e->params[i];
         if (r.bad || tag > AB_TAG_LAST)
             return error_result(AB_STATUS_BAD_ARGS,
                                 "malformed call request: bad tag for argument %u", i + 1);
+        if (want == AB_TAG_ANY) {
+            r.pos = at;
+            if (!ab__value_measure(&r, &any_size))
+                return error_result(AB_STATUS_BAD_ARGS,
+                                    "malformed call request: bad value for argument %u", i + 1);
+            any_pos[nany] = at;
+            any_slot[nany++] = ni++;
+            continue;
+        }
         if (tag != want && !(tag == AB_TAG_INT && want == AB_TAG_FLOAT))
             return error_result(AB_STATUS_BAD_ARGS, "%s() argument %u must be %s, not %s",
                                 e->name, i + 1, ab__type_name(want), ab__type_name(tag));
@@ -272,9 +297,29 @@ static size_t dispatch(void) {
                                 "malformed call request: bad value for argument %u", i + 1);
     }
 
+    /* One block holds the arrays of every AB_ANY argument; their strings
+     * point into the input buffer. The block is freed after the result is
+     * written, so a function may return its arguments. */
+    ab_value any[AB_MAX_PARAMS];
+    uint8_t *block = NULL;
+    if (nany) {
+        size_t size = ab__value_block_size(&any_size, false);
+        if (size && !(block = malloc(size)))
+            return error_result(AB_STATUS_BAD_ARGS,
+                                "out of memory in the guest for the arguments of %s() (%zu bytes)",
+                                e->name, size);
+        ab__value_mem m = {block, NULL, false};
+        for (unsigned k = 0; k < nany; k++) {
+            ab__reader ar = {ab__in, ab__in_size, any_pos[k], false};
+            ab__value_build(&ar, &any[k], &m);
+            iv[any_slot[k]] = (int64_t)(uintptr_t)&any[k];
+        }
+    }
+
     ab__current_call = e->name;
     size_t n = call_export(e, iv, fv);
     ab__current_call = "";
+    free(block);
     return n;
 }
 
@@ -282,7 +327,22 @@ static size_t dispatch(void) {
  * after the call returns and stdio is flushed: the function may log, call
  * the host or leave output in stdio's buffers, and all of that uses the
  * output buffer. */
-static size_t call_export(const struct ab_export *e, int64_t *iv, double *fv) {
+/* Encodes an AB_ANY result, then frees what it owns (see aionub_guest.h). */
+__attribute__((noinline)) static void put_any_result(ab__writer *w, const struct ab_export *e,
+                                                     ab_value *v) {
+    ab__value_error err;
+    ab__put_u8(w, AB_STATUS_OK);
+    if (!ab__put_value(w, v, &err))
+        ab_abort(-1, "%s() returned an invalid value: result%s: %s", e->name, err.path,
+                 err.problem);
+    if (w->full)
+        ab_abort(-1, "%s() result (a %s) does not fit in the output buffer (%zu bytes)", e->name,
+                 ab__type_name(v->type), ab__out_size);
+    ab_value_free(v);
+}
+
+__attribute__((no_stack_protector, noinline)) static size_t call_export(const struct ab_export *e,
+                                                                        int64_t *iv, double *fv) {
     ab__writer w = {ab__out, ab__out_size, 0, false};
     switch (e->ret) {
     case AB_TAG_NONE:
@@ -331,6 +391,12 @@ static size_t call_export(const struct ab_export *e, int64_t *iv, double *fv) {
         ab__put_lstr(&w, s, len);
         if (w.full)
             result_too_large(e, len);
+        break;
+    }
+    case AB_TAG_ANY: {
+        ab_value v = ((fn_any)e->fn)(AB__ARGS(iv, fv));
+        ab__flush_stdio();
+        put_any_result(&w, e, &v);
         break;
     }
     case AB_TAG_BYTES: {

@@ -64,7 +64,20 @@
 #define AB_TAG_FLOAT  3 /* f64                                               */
 #define AB_TAG_STR    4 /* u32 len, len bytes of UTF-8, one NUL byte          */
 #define AB_TAG_BYTES  5 /* u32 len, len bytes, one NUL byte                  */
-#define AB_TAG_LAST   AB_TAG_BYTES
+#define AB_TAG_LIST   6 /* u32 count, count values                           */
+#define AB_TAG_DICT   7 /* u32 count, count x (key: u32 len, len bytes of
+                           UTF-8, one NUL byte; value). Keys are unique      */
+#define AB_TAG_LAST   AB_TAG_DICT /* the last tag a value on the wire may carry */
+#define AB_TAG_ANY    8 /* signatures only: a parameter or return value of
+                           any type (never on the wire as a value's tag)      */
+
+/* Lists and dicts nest at most AB_MAX_DEPTH deep: a list or dict at the top
+ * of a value is at depth 1, a container inside it at depth 2, and so on.
+ * Every count is bounded by the bytes left in its record: a value takes at
+ * least AB_MIN_VALUE_SIZE bytes and a dict entry AB_MIN_ENTRY_SIZE. */
+#define AB_MAX_DEPTH      64
+#define AB_MIN_VALUE_SIZE 1 /* a tag                                          */
+#define AB_MIN_ENTRY_SIZE 6 /* key length, its NUL, the value's tag           */
 
 /* ---- result statuses (first byte of a RESULT record) -------------------- */
 #define AB_STATUS_OK        0 /* value follows                               */
