@@ -5,6 +5,9 @@ on a pool of aionub sandboxes.
     GET  /functions         the guest's functions and their signatures
     GET  /health            "ok" once the pool is up
 
+Every response names the worker process that served it in an
+`x-aionub-worker` header (its pid).
+
 Arguments and results are JSON values; bytes travel as {"base64": "..."}.
 Every request has a deadline (the server's, or a shorter "timeout" in the
 body) that covers waiting for a free sandbox and the call itself.
@@ -25,6 +28,15 @@ Run it (from the repository root; `pip install starlette uvicorn`):
 
 Environment: AIONUB_GUEST (path of the guest ELF; default: the demo guest),
 AIONUB_POOL_SIZE (4), AIONUB_POOL_MAX_SIZE (8), AIONUB_DEADLINE (seconds, 1.0).
+
+More than one worker process: each worker imports this module and builds
+its own pool at startup (nothing is shared between them), so
+
+    uvicorn web_app:app --app-dir examples --workers 4 --host 127.0.0.1 --port 8000
+    gunicorn -k uvicorn.workers.UvicornWorker -w 4 --chdir examples web_app:app
+
+run four pools of AIONUB_POOL_SIZE sandboxes each. docs/deployment.md sizes
+workers, sandboxes and memory.
 """
 
 from __future__ import annotations
@@ -41,6 +53,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
@@ -167,8 +180,30 @@ def create_app(
             Route("/functions", list_functions),
             Route("/call/{function}", call, methods=["POST"]),
         ],
+        middleware=[Middleware(WorkerHeader)],
         lifespan=lifespan,
     )
+
+
+class WorkerHeader:
+    """ASGI middleware: an `x-aionub-worker: <pid>` header on every response,
+    so that a client (or a test) can see which worker process answered."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.header = (b"x-aionub-worker", str(os.getpid()).encode())
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_header(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), self.header]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_header)
 
 
 def _env_app() -> Starlette:
