@@ -43,6 +43,7 @@ from ._native import (
 from ._results import decode_result
 from ._run import RunResult, decode_exit
 from ._syscalls import FileProvider, RunIO
+from ._telemetry import Telemetry
 from ._wire import GuestFunction, decode_ready
 
 __all__ = ("Engine", "fork_generation", "now")
@@ -70,6 +71,7 @@ class Engine:
     __slots__ = (
         "native", "ih", "config", "lifecycle", "binding", "services", "functions", "has_main",
         "input_used", "deadline", "label", "generation", "at_snapshot", "boot_snapshot",
+        "image_sha256", "counted",
     )
 
     def __init__(
@@ -104,6 +106,20 @@ class Engine:
         # For guests with main(): the state right after start-up, which
         # every run starts from (like exec'ing a fresh process).
         self.boot_snapshot: Any = None
+        self.image_sha256 = native.digest.hex()[:16]  # names the image in telemetry
+        # The telemetry that counts this sandbox among those alive (its
+        # close must be counted by the same instrument).
+        self.counted: Telemetry | None = None
+
+    def counted_by(self, tel: Telemetry) -> None:
+        self.counted = tel
+        tel.sandboxes.add(1)
+
+    def _closed(self) -> None:
+        self.lifecycle.closed()
+        tel, self.counted = self.counted, None
+        if tel is not None:
+            tel.sandboxes.add(-1)
 
     # ---- checks -------------------------------------------------------------------------
 
@@ -435,7 +451,7 @@ class Engine:
             self._close_binding()  # before the release: bindings borrow the native sandbox
             _native.ffi.release(ptr)  # joins the vCPU thread and frees the rest
         self._close_binding()
-        self.lifecycle.closed()
+        self._closed()
         return deferred
 
     def _close_binding(self) -> None:
@@ -453,7 +469,7 @@ class Engine:
         if self.lifecycle.state is not State.CLOSED:
             if self.lifecycle.state is not State.CLOSING:
                 self.lifecycle.start_closing()
-            self.lifecycle.closed()
+            self._closed()
 
     def release_fork_copy(self) -> None:
         """Close a forked child's copy of a parent's sandbox. The vCPU
@@ -472,7 +488,7 @@ class Engine:
         if self.lifecycle.state is not State.CLOSED:
             if self.lifecycle.state is not State.CLOSING:
                 self.lifecycle.start_closing()
-            self.lifecycle.closed()
+            self._closed()
 
 
 def now() -> float:

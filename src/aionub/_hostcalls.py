@@ -13,7 +13,7 @@ from typing import Any
 
 import anyio
 
-from . import _abi
+from . import _abi, _telemetry
 from ._exceptions import HostFunctionError, SandboxClosed
 from ._syscalls import FileProvider, RunIO, SystemServices
 from ._wire import Reader, decode_args, encode_value
@@ -51,7 +51,7 @@ class GuestServices:
 
     __slots__ = (
         "host_functions", "sandbox_id", "output_size", "max_log_bytes",
-        "host_error", "log_budget", "log_dropped", "output_used", "host_call_scope", "sys",
+        "host_error", "log_budget", "log_dropped", "output_used", "host_call_scope", "sys", "host_calls",
     )
 
     def __init__(
@@ -76,6 +76,7 @@ class GuestServices:
         # of its event loop, so that aclose() can stop it.
         self.host_call_scope: tuple[anyio.CancelScope, int] | None = None
         self.sys = SystemServices(self, files)
+        self.host_calls = 0  # host-function calls served (telemetry reads the difference)
 
     def begin_call(self, run: RunIO | None = None) -> None:
         """A call (or, with ``run``, a run) starts."""
@@ -128,6 +129,16 @@ class GuestServices:
         name = r.text()
         args = decode_args(r)
         r.done()
+        self.host_calls += 1
+        tel = _telemetry.hooks
+        if tel is None:
+            await self._serve(output, name, args)
+        else:
+            with tel.host_call(name) as report:
+                report(await self._serve(output, name, args))
+
+    async def _serve(self, output: memoryview, name: str, args: list[Any]) -> HostFunctionError | None:
+        """Run host function ``name``, write the reply; the error it reported, if any."""
         error: HostFunctionError | None = None
         reply = b""
         func = self.host_functions.get(name)
@@ -165,3 +176,4 @@ class GuestServices:
         output[: len(reply)] = reply
         if len(reply) > self.output_used:
             self.output_used = len(reply)
+        return error

@@ -73,7 +73,7 @@ class NativeSandbox:
     interrupt handle. Freed by :meth:`destroy` (or by the GC as a last
     resort; destroy blocks until the vCPU thread has exited)."""
 
-    __slots__ = ("ptr", "event", "layout", "memory", "input", "output", "_ih")
+    __slots__ = ("ptr", "event", "layout", "memory", "input", "output", "_ih", "digest")
 
     def __init__(self, config: Any, image: bytes) -> None:
         probe_kvm()
@@ -81,7 +81,7 @@ class NativeSandbox:
         buf = ffi.new("char[]", _ERRLEN)
         # The image's identity, which restore() checks a snapshot against:
         # a collision-resistant digest, since images come from tenants.
-        digest = hashlib.sha256(image).digest()
+        digest = self.digest = hashlib.sha256(image).digest()
         rc = lib.ab_sandbox_create(config, image, len(image), digest, out, buf, _ERRLEN)
         if rc < 0:
             message = _message(buf)

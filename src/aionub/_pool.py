@@ -13,6 +13,7 @@ from typing import Any
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from . import _telemetry
 from ._config import SandboxConfig
 from ._exceptions import SandboxClosed, SandboxError
 from ._hostcalls import HostFunction, check_host_functions
@@ -87,6 +88,7 @@ class SandboxPool:
         self._send: MemoryObjectSendStream[_Entry] | None = None
         self._recv: MemoryObjectReceiveStream[_Entry] | None = None
         self._closed = False
+        self._tel: _telemetry.Telemetry | None = None  # decided by start()
 
     # ---- lifecycle -------------------------------------------------------------
 
@@ -97,6 +99,7 @@ class SandboxPool:
         if self._closed:
             raise SandboxClosed("the pool is closed")
         self._send, self._recv = anyio.create_memory_object_stream[_Entry](math.inf)
+        self._tel = _telemetry.refresh()
         try:
             async with anyio.create_task_group() as tg:
                 for _ in range(self._size):
@@ -114,6 +117,8 @@ class SandboxPool:
         if self._send is not None:
             self._send.close()
         entries, self._entries = self._entries, set()
+        if self._tel is not None and entries:
+            self._tel.pool_size.add(-len(entries), {"aionub.pool": self._label})
         cancelled: BaseException | None = None
         for entry in entries:
             try:
@@ -187,6 +192,8 @@ class SandboxPool:
             await sandbox.aclose()
             raise SandboxClosed("the pool was closed")
         self._entries.add(entry)
+        if self._tel is not None:
+            self._tel.pool_size.add(1, {"aionub.pool": self._label})
         return entry
 
     async def _add_idle(self) -> None:
@@ -241,21 +248,32 @@ class SandboxPool:
                 assert self._send is not None
                 self._send.send_nowait(entry)
             else:
-                self._entries.discard(entry)
+                if entry in self._entries:
+                    self._entries.discard(entry)
+                    if self._tel is not None:
+                        self._tel.pool_size.add(-1, {"aionub.pool": self._label})
                 await sandbox.aclose()
 
 
 class _Checkout:
-    __slots__ = ("_pool", "_entry")
+    __slots__ = ("_pool", "_entry", "_counted")
 
     def __init__(self, pool: SandboxPool) -> None:
         self._pool = pool
         self._entry: _Entry | None = None
+        self._counted: _telemetry.Telemetry | None = None
 
     async def __aenter__(self) -> Sandbox:
         if self._entry is not None:
             raise RuntimeError("this checkout is already in use")
-        self._entry = await self._pool._checkout()
+        pool = self._pool
+        tel = pool._tel
+        if tel is None:
+            self._entry = await pool._checkout()
+        else:
+            self._entry = await tel.acquire(pool._label, pool._checkout())
+            tel.pool_in_use.add(1, {"aionub.pool": pool._label})
+            self._counted = tel
         return self._entry.sandbox
 
     async def __aexit__(
@@ -265,5 +283,8 @@ class _Checkout:
         tb: TracebackType | None,
     ) -> None:
         entry, self._entry = self._entry, None
+        tel, self._counted = self._counted, None
+        if tel is not None:
+            tel.pool_in_use.add(-1, {"aionub.pool": self._pool._label})
         if entry is not None:
             await self._pool._checkin(entry)

@@ -21,6 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from . import _telemetry
 from ._config import SandboxConfig
 from ._engine import Engine, fork_generation, now
 from ._exceptions import CallTimeout, GuestFunctionNotFound, InvalidGuest
@@ -186,6 +187,16 @@ class Sandbox:
         image, label = read_guest(guest, check_name(name))
 
         async def factory() -> Sandbox:
+            tel = _telemetry.refresh()
+            if tel is None:
+                return await boot()
+            with tel.create_span(label) as span:
+                sandbox = await boot()
+                span.set_attributes(tel.guest_attributes(sandbox._engine, sandbox.id))
+                sandbox._engine.counted_by(tel)
+                return sandbox
+
+        async def boot() -> Sandbox:
             native = NativeSandbox(options.to_native(), image)
             sandbox = cls(native, options, functions, label, provider)
             try:
@@ -244,14 +255,21 @@ class Sandbox:
             state = f"busy: {lifecycle.command}"
         return f"<Sandbox {self.id} {self._label} [{state}]>"
 
-    async def call(self, name: str, /, *args: Any, timeout: float | None = None) -> Any:
+    def call(self, name: str, /, *args: Any, timeout: float | None = None) -> Coroutine[Any, Any, Any]:
         """Call the guest function ``name`` with ``args`` (int, float, bool,
-        str, bytes, None) and return its result.
+        str, bytes, None) and return its result (await it: this returns a
+        coroutine).
 
         ``timeout`` (seconds) stops the guest when it expires and raises
         :class:`CallTimeout`. A cancelled task stops the guest too. In both
         cases the vCPU has stopped before the exception reaches the caller,
         and the sandbox is poisoned."""
+        tel = _telemetry.hooks  # None unless telemetry is on: the only cost when it is off
+        if tel is None:
+            return self._call(name, args, timeout)
+        return tel.command("call", self._engine, self.id, name, timeout, self._call(name, args, timeout))
+
+    async def _call(self, name: str, args: tuple[Any, ...], timeout: float | None) -> Any:
         engine = self._engine
         engine.check_usable()
         fn = engine.functions.get(name) if isinstance(name, str) else None
@@ -299,6 +317,17 @@ class Sandbox:
         stop the guest as for :meth:`call` (the sandbox is then poisoned
         until the next run or restore). Raises GuestFunctionNotFound for a
         guest without ``main()``."""
+        tel = _telemetry.hooks
+        if tel is None:
+            return await self._run(argv, stdin, env, timeout)
+        program = argv[0] if argv and isinstance(argv, Sequence) and isinstance(argv[0], str) else (
+            _program_name(self._label))
+        return await tel.command("run", self._engine, self.id, program, timeout,
+                                 self._run(argv, stdin, env, timeout))
+
+    async def _run(
+        self, argv: Sequence[str], stdin: bytes | str, env: Mapping[str, str] | None, timeout: float | None
+    ) -> RunResult:
         engine = self._engine
         engine.check_open()
         if not engine.has_main:
@@ -338,7 +367,13 @@ class Sandbox:
         """Capture guest memory and all vCPU state. Refused (SandboxPoisoned)
         for a poisoned sandbox: its state is unknown. Waits for a call in
         progress to finish."""
-        snapshot = Snapshot(await self._engine.snapshot(), self._label)
+        tel = _telemetry.hooks
+        if tel is None:
+            ptr = await self._engine.snapshot()
+        else:
+            ptr = await tel.simple("aionub.snapshot", tel.guest_attributes(self._engine, self.id),
+                                   self._engine.snapshot())
+        snapshot = Snapshot(ptr, self._label)
         log.debug("%r: snapshot of %d KiB", self, snapshot.nbytes // 1024)
         return snapshot
 
@@ -354,7 +389,12 @@ class Sandbox:
         cancellation is raised."""
         if not isinstance(snapshot, Snapshot):
             raise TypeError(f"restore() needs a Snapshot, not {type(snapshot).__name__}")
-        await self._engine.restore(snapshot._ptr)
+        tel = _telemetry.hooks
+        if tel is None:
+            await self._engine.restore(snapshot._ptr)
+        else:
+            await tel.simple("aionub.restore", tel.guest_attributes(self._engine, self.id),
+                             self._engine.restore(snapshot._ptr))
         log.debug("%r: restored to a snapshot of %d KiB", self, snapshot.nbytes // 1024)
 
     def _is_at(self, snapshot: Snapshot) -> bool:
