@@ -289,8 +289,7 @@ class Telemetry:
                 self.duration.record(elapsed, metric)
                 if outcome in _KILLS:
                     self.kills.add(1, {"aionub.kind": kind, "aionub.outcome": outcome})
-                if stale:
-                    self.stale_kicks.add(stale)
+                self.stale_kicks.add(stale)  # also 0: the series exists from the first call
 
     async def simple(self, name: str, attributes: dict[str, Any], body: Coroutine[Any, Any, T]) -> T:
         """A span around a command with no metrics of its own (snapshot, restore)."""
