@@ -32,6 +32,14 @@ so the unpinned figures are bimodal: compare them with both.
     python benchmarks/bench_call.py            # about 35 s on 2 cores
     python benchmarks/bench_call.py --quick    # about 5 s
     python benchmarks/bench_call.py --no-wasmtime
+    python benchmarks/bench_call.py --telemetry noop   # aionub[otel] with no-op providers
+    python benchmarks/bench_call.py --telemetry sdk    # the OTel SDK recording every call
+
+--telemetry measures the instrumentation's cost (docs/telemetry.md): "off"
+(the default) leaves OpenTelemetry alone, "noop" passes the API's no-op
+providers to aionub.telemetry.configure (telemetry stays off), "sdk" passes
+the SDK's tracer and meter providers with no exporter (every call then makes
+a span and records its metrics).
 
 Needs the benchmark extras for uvloop and wasmtime: pip install '.[bench]'.
 """
@@ -128,6 +136,24 @@ def wasmtime_noop(wasmtime, calls: int) -> float:
     return percentile(samples, 0.5)
 
 
+def setup_telemetry(mode: str) -> None:
+    if mode == "off":
+        return
+    import aionub.telemetry
+
+    if mode == "noop":
+        from opentelemetry.metrics import NoOpMeterProvider
+        from opentelemetry.trace import NoOpTracerProvider
+
+        on = aionub.telemetry.configure(tracer_provider=NoOpTracerProvider(), meter_provider=NoOpMeterProvider())
+    else:
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.trace import TracerProvider
+
+        on = aionub.telemetry.configure(tracer_provider=TracerProvider(), meter_provider=MeterProvider())
+    print(f"telemetry: {mode} (aionub emits: {on})", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=5000, help="calls per measurement (default 5000)")
@@ -135,7 +161,10 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="1000 calls, 2 rounds")
     parser.add_argument("--no-wasmtime", action="store_true", help="skip the wasmtime-py comparison")
     parser.add_argument("--no-pinned", action="store_true", help="skip the one-CPU diagnostics")
+    parser.add_argument("--telemetry", choices=("off", "noop", "sdk"), default="off",
+                        help="OpenTelemetry setup while measuring (default off; needs aionub[otel])")
     opts = parser.parse_args()
+    setup_telemetry(opts.telemetry)
     if opts.quick:
         opts.calls, opts.rounds = 1000, 2
     if opts.calls < 1 or opts.rounds < 1:
