@@ -8,6 +8,7 @@ micro-VMs with no operating system.
 
 from __future__ import annotations
 
+from . import telemetry as telemetry  # aionub.telemetry.configure(): docs/telemetry.md
 from ._build import BuildError as BuildError, build_guest as build_guest
 from ._config import SandboxConfig as SandboxConfig
 from ._exceptions import (
