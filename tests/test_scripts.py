@@ -17,7 +17,12 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import aionub
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(300)]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
 
 LANGS = ["js", "lua"]
 CLASSES: dict[str, type[aionub.JsSandbox] | type[aionub.LuaSandbox]] = {
@@ -52,7 +57,6 @@ def lang(sb: Any) -> str:
 # ---- eval, exec, call -------------------------------------------------------------------------
 
 
-@pytest.mark.asyncio
 async def test_js_eval_exec_call(js: aionub.JsSandbox) -> None:
     assert await js.eval("1 + 2") == 3
     assert await js.eval("[1, 'a', {b: null, c: undefined}, true]") == [1, "a", {"b": None, "c": None}, True]
@@ -64,7 +68,6 @@ async def test_js_eval_exec_call(js: aionub.JsSandbox) -> None:
     assert await js.call("parseInt", "42px") == 42
 
 
-@pytest.mark.asyncio
 async def test_lua_eval_exec_call(lua: aionub.LuaSandbox) -> None:
     assert await lua.eval("1 + 2") == 3
     assert await lua.eval("return 7 // 2, 'second'") == 3  # the first result
@@ -81,7 +84,6 @@ async def test_lua_eval_exec_call(lua: aionub.LuaSandbox) -> None:
 # ---- conversions --------------------------------------------------------------------------------
 
 
-@pytest.mark.asyncio
 async def test_numbers(script: Any) -> None:
     await script.exec(ECHO[lang(script)])
     for value in [0, 1, -1, 2**31, 2**53, -(2**53), 2**53 + 1, -(2**53) - 1, 2**63 - 1, -(2**63)]:
@@ -93,7 +95,6 @@ async def test_numbers(script: Any) -> None:
     assert math.isnan(await script.call("echo", math.nan))
 
 
-@pytest.mark.asyncio
 async def test_js_number_rules(js: aionub.JsSandbox) -> None:
     assert await js.eval("2 ** 53") == 2**53 and type(await js.eval("2 ** 53")) is int
     assert type(await js.eval("2 ** 53 + 2")) is float  # beyond 2**53: a float
@@ -110,7 +111,6 @@ async def test_js_number_rules(js: aionub.JsSandbox) -> None:
     assert await js.call("echo", 3.0) == 3  # an integral float comes back an int
 
 
-@pytest.mark.asyncio
 async def test_lua_number_and_string_rules(lua: aionub.LuaSandbox) -> None:
     assert type(await lua.eval("3.0")) is float and type(await lua.eval("3")) is int
     assert await lua.eval("math.maxinteger") == 2**63 - 1
@@ -131,7 +131,6 @@ async def test_lua_number_and_string_rules(lua: aionub.LuaSandbox) -> None:
     assert await lua.call("isnil", None) is True  # None as an argument: nil
 
 
-@pytest.mark.asyncio
 async def test_strings_and_bytes(script: Any) -> None:
     await script.exec(ECHO[lang(script)])
     for s in ["", "a\x00b", "héllo", "日本語", "🎉 emoji", "\U0010ffff", "line\nbreak"]:
@@ -148,7 +147,6 @@ async def test_strings_and_bytes(script: Any) -> None:
         assert await script.eval("#'🎉'") == 4
 
 
-@pytest.mark.asyncio
 async def test_nested(script: Any) -> None:
     await script.exec(ECHO[lang(script)])
     value = {"a": [1, [2, [3, {"b": "c"}]]], "d": {"e": {"f": [True, False, 1.5]}}, "": "empty key"}
@@ -170,7 +168,6 @@ async def test_nested(script: Any) -> None:
         ("'\\ud800'", "result: a string with a lone surrogate cannot be converted"),
     ],
 )
-@pytest.mark.asyncio
 async def test_js_not_convertible(js: aionub.JsSandbox, code: str, message: str) -> None:
     with pytest.raises(aionub.ScriptError, match="^" + message.replace("[", r"\[").replace("(", r"\(")):
         await js.eval(code)
@@ -188,7 +185,6 @@ async def test_js_not_convertible(js: aionub.JsSandbox, code: str, message: str)
         ("io.stdout", "result: a userdata cannot be converted"),
     ],
 )
-@pytest.mark.asyncio
 async def test_lua_not_convertible(lua: aionub.LuaSandbox, code: str, message: str) -> None:
     with pytest.raises(aionub.ScriptError) as info:
         await lua.eval(code)
@@ -196,7 +192,6 @@ async def test_lua_not_convertible(lua: aionub.LuaSandbox, code: str, message: s
     assert not lua.poisoned and await lua.eval("1") == 1
 
 
-@pytest.mark.asyncio
 async def test_call_result_path(script: Any) -> None:
     code = {"js": "function f() { return {x: [Math.max]} }", "lua": "function f() return {x = {print}} end"}
     await script.exec(code[lang(script)])
@@ -263,7 +258,6 @@ def test_round_trips(language: str) -> None:
 # ---- errors ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.asyncio
 async def test_js_script_error(js: aionub.JsSandbox) -> None:
     await js.exec("var kept = 41")
     with pytest.raises(aionub.ScriptError) as info:
@@ -275,7 +269,7 @@ async def test_js_script_error(js: aionub.JsSandbox) -> None:
     assert await js.eval("kept + 1") == 42
     with pytest.raises(aionub.ScriptError, match="SyntaxError"):
         await js.eval("1 +")
-    with pytest.raises(aionub.ScriptError, match="^42$"):
+    with pytest.raises(aionub.ScriptError, match=r"^42$"):
         await js.eval("throw 42")
     with pytest.raises(aionub.ScriptError, match="nope is not a function"):
         await js.call("nope")
@@ -284,7 +278,6 @@ async def test_js_script_error(js: aionub.JsSandbox) -> None:
     assert await js.eval("kept") == 41
 
 
-@pytest.mark.asyncio
 async def test_lua_script_error(lua: aionub.LuaSandbox) -> None:
     await lua.exec("kept = 41")
     with pytest.raises(aionub.ScriptError) as info:
@@ -292,19 +285,19 @@ async def test_lua_script_error(lua: aionub.LuaSandbox) -> None:
     assert info.value.message == "exec:1: boom"
     assert info.value.stack.startswith("stack traceback:") and "inner" in info.value.stack
     assert not lua.poisoned and await lua.eval("kept + 1") == 42
-    with pytest.raises(aionub.ScriptError, match="syntax error|expected"):
+    with pytest.raises(aionub.ScriptError, match=r"syntax error|expected"):
         await lua.eval("1 +")
     with pytest.raises(aionub.ScriptError, match=r"error object is a table value"):
         await lua.eval("error({})")
     with pytest.raises(aionub.ScriptError, match=r"attempt to call a nil value \(global 'nope'\)"):
         await lua.call("nope")
-    with pytest.raises(aionub.ScriptError, match="stack overflow"):
-        await lua.eval("(function r() return 1 + r() end)()")
+    # Lua's stack lives on the heap: it overflows or runs out of memory first.
+    with pytest.raises(aionub.ScriptError, match=r"stack overflow|not enough memory"):
+        await lua.exec("local function r() return 1 + r() end r()")
     assert await lua.eval("kept") == 41
 
 
 @pytest.mark.parametrize("language", LANGS)
-@pytest.mark.asyncio
 async def test_infinite_loop_timeout(language: str) -> None:
     loop_code = {"js": "for (;;) {}", "lua": "while true do end"}
     async with CLASSES[language].create() as sb:
@@ -320,7 +313,6 @@ async def test_infinite_loop_timeout(language: str) -> None:
 
 
 @pytest.mark.parametrize("language", LANGS)
-@pytest.mark.asyncio
 async def test_memory_bomb(language: str) -> None:
     bomb = {
         "js": "let a = []; for (;;) a.push(new Array(100000).fill(1.5))",
@@ -341,7 +333,6 @@ async def test_memory_bomb(language: str) -> None:
 
 
 @pytest.mark.parametrize("language", LANGS)
-@pytest.mark.asyncio
 async def test_host_functions(language: str) -> None:
     seen: list[Any] = []
 
@@ -388,7 +379,6 @@ async def test_host_functions(language: str) -> None:
 
 
 @pytest.mark.parametrize("language", LANGS)
-@pytest.mark.asyncio
 async def test_print_goes_to_the_log(language: str, caplog: pytest.LogCaptureFixture) -> None:
     code = {
         "js": "print('hello', 42, {a: [1]}); console.warn('careful'); console.log('x')",
@@ -405,7 +395,6 @@ async def test_print_goes_to_the_log(language: str, caplog: pytest.LogCaptureFix
 
 
 @pytest.mark.parametrize("language", LANGS)
-@pytest.mark.asyncio
 async def test_snapshot_after_loading_a_script(language: str) -> None:
     code = {
         "js": "var n = 0; function bump() { return ++n }",
@@ -420,7 +409,6 @@ async def test_snapshot_after_loading_a_script(language: str) -> None:
 
 
 @pytest.mark.parametrize("language", LANGS)
-@pytest.mark.asyncio
 async def test_pool_with_setup(language: str) -> None:
     code = {
         "js": "var n = 0; function bump(k) { n += k; return host.twice(n) }",

@@ -183,35 +183,31 @@ static ab_value envelope_error(const char *message, size_t mlen, const char *sta
 }
 
 /* Calls the host function `name` with the list `args` (consumed: freed
- * here) through SCRIPT_HOST. On success returns 0 and stores the value in
- * *result (free it with ab_value_free); on an error returns -1 and stores
- * the message (NUL-terminated) in *result. */
-static int script_host_call(const char *name, size_t name_len, ab_value args, ab_value *result) {
+ * here) through SCRIPT_HOST. The reply is stored in *reply (free it with
+ * ab_value_free when done: it is one heap block, payload included). On
+ * success returns 0 with *payload pointing at the result inside *reply; on
+ * an error returns -1 with *payload pointing at an AB_STR message. */
+static const ab_value script_host_malformed = {.type = AB_STR, .buf = {"malformed reply from the host", 29}};
+static const ab_value script_host_failed = {.type = AB_STR, .buf = {"host function failed", 20}};
+
+static int script_host_call(const char *name, size_t name_len, ab_value args, ab_value *reply,
+                            const ab_value **payload) {
     ab_value call_args[2] = {ab_strn(name, name_len), args};
-    ab_value reply;
-    int rc = ab_call_host(SCRIPT_HOST, call_args, 2, &reply);
+    int rc = ab_call_host(SCRIPT_HOST, call_args, 2, reply);
     ab_value_free(&call_args[1]);
-    if (rc != 0) { /* reply is the error message */
-        *result = reply;
+    if (rc != 0) { /* the reply is the error message */
+        *payload = reply;
         return -1;
     }
-    if (reply.type == AB_LIST && reply.list.len == 2 && reply.list.items[0].type == AB_BOOL) {
-        /* Move the payload out of the reply. */
-        ab_value *items = (ab_value *)reply.list.items;
-        bool ok = items[0].b;
-        *result = items[1];
-        items[1] = ab_none();
-        ab_value_free(&reply);
-        if (ok)
+    if (reply->type == AB_LIST && reply->list.len == 2 && reply->list.items[0].type == AB_BOOL) {
+        *payload = &reply->list.items[1];
+        if (reply->list.items[0].b)
             return 0;
-        if (result->type != AB_STR) {
-            ab_value_free(result);
-            *result = owned_buf(AB_STR, "host function failed", 21);
-        }
+        if ((*payload)->type != AB_STR)
+            *payload = &script_host_failed;
         return -1;
     }
-    ab_value_free(&reply);
-    *result = owned_buf(AB_STR, "malformed reply from the host", 29);
+    *payload = &script_host_malformed;
     return -1;
 }
 

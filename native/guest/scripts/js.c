@@ -402,20 +402,21 @@ static JSValue js_host(JSContext *c, JSValueConst this_val, int argc, JSValueCon
             return JS_ThrowTypeError(c, "%s", conv_error);
         return JS_EXCEPTION;
     }
-    ab_value result;
-    rc = script_host_call(name, nlen, args, &result);
+    ab_value reply;
+    const ab_value *result;
+    rc = script_host_call(name, nlen, args, &reply, &result);
     JS_FreeCString(c, name);
     if (rc != 0) {
         JSValue err = JS_NewError(c);
-        JS_DefinePropertyValueStr(c, err, "message", JS_NewStringLen(c, result.buf.ptr, result.buf.len),
+        JS_DefinePropertyValueStr(c, err, "message", JS_NewStringLen(c, result->buf.ptr, result->buf.len),
                                   JS_PROP_WRITABLE | JS_PROP_CONFIGURABLE);
         JS_DefinePropertyValueStr(c, err, "name", JS_NewString(c, "HostError"),
                                   JS_PROP_WRITABLE | JS_PROP_CONFIGURABLE);
-        ab_value_free(&result);
+        ab_value_free(&reply);
         return JS_Throw(c, err);
     }
-    JSValue v = from_ab(&result);
-    ab_value_free(&result);
+    JSValue v = from_ab(result);
+    ab_value_free(&reply);
     return v;
 }
 

@@ -362,17 +362,18 @@ static int l_host_fn(lua_State *S) {
         }
         path_pop(old);
     }
-    ab_value result;
-    int rc = script_host_call(name, nlen, args, &result);
+    ab_value reply;
+    const ab_value *result;
+    int rc = script_host_call(name, nlen, args, &reply, &result);
     if (rc != 0) {
         luaL_where(S, 1);
-        lua_pushlstring(S, result.buf.ptr, result.buf.len);
-        ab_value_free(&result);
+        lua_pushlstring(S, result->buf.ptr, result->buf.len);
+        ab_value_free(&reply);
         lua_concat(S, 2);
         return lua_error(S);
     }
-    push_ab(&result, false);
-    ab_value_free(&result);
+    push_ab(result, false); /* a memory error here leaks the reply: rare, and bounded */
+    ab_value_free(&reply);
     return 1;
 }
 
