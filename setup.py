@@ -46,6 +46,14 @@ class BuildPyWithGuests(build_py):
             package / "_guests" / "demo.elf",
             sdk=sdk,
         )
+        # The script runtimes (QuickJS, Lua 5.4), cached by a key over all
+        # their inputs: a reinstall with nothing changed only copies them.
+        runtimes = _load("_runtimes")
+        for runtime in runtimes.RUNTIMES.values():
+            runtimes.build_runtime(
+                runtime, package / "_guests" / f"{runtime.name}.elf",
+                scripts_dir=ROOT / "native" / "guest" / "scripts", build=build, sources=sources, sdk=sdk,
+            )
 
 
 setup(

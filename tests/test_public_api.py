@@ -19,6 +19,7 @@ def test_public_names() -> None:
         "SandboxClosed",
         "SandboxConfig",
         "SandboxError", "SandboxPoisoned", "Snapshot", "StackOverflow", "VmError", "build_guest", "process_stats",
+        "JS_GUEST", "LUA_GUEST", "JsSandbox", "LuaSandbox", "ScriptError", "script_host_functions",
     }
     for name in aionub.__all__:
         assert hasattr(aionub, name), name

@@ -29,10 +29,16 @@ from ._exceptions import (
 )
 from ._interrupt import InterruptHandle as InterruptHandle
 from ._native import process_stats as process_stats
-from ._paths import DEMO_GUEST as DEMO_GUEST
+from ._paths import DEMO_GUEST as DEMO_GUEST, JS_GUEST as JS_GUEST, LUA_GUEST as LUA_GUEST
 from ._pool import PoolTimeout as PoolTimeout, SandboxPool as SandboxPool
 from ._run import RunResult as RunResult
 from ._sandbox import Sandbox as Sandbox
+from ._scripts import (
+    JsSandbox as JsSandbox,
+    LuaSandbox as LuaSandbox,
+    ScriptError as ScriptError,
+    script_host_functions as script_host_functions,
+)
 from ._snapshot import Snapshot as Snapshot
 from ._wire import GuestFunction as GuestFunction
 
@@ -51,6 +57,10 @@ __all__ = (
     "HostFunctionError",
     "InterruptHandle",
     "InvalidGuest",
+    "JS_GUEST",
+    "JsSandbox",
+    "LUA_GUEST",
+    "LuaSandbox",
     "PoolTimeout",
     "KvmUnavailable",
     "RunResult",
@@ -60,9 +70,11 @@ __all__ = (
     "SandboxError",
     "SandboxPoisoned",
     "SandboxPool",
+    "ScriptError",
     "Snapshot",
     "StackOverflow",
     "VmError",
     "build_guest",
     "process_stats",
+    "script_host_functions",
 )

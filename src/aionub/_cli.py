@@ -198,7 +198,54 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout", type=_timeout, default=DEFAULT_TIMEOUT, metavar="S",
         help=f"stop the guest after S seconds (default {DEFAULT_TIMEOUT:g}; 0: no limit)",
     )
+    for lang, title in (("js", "JavaScript (QuickJS)"), ("lua", "Lua 5.4")):
+        script = sub.add_parser(
+            lang,
+            help=f"evaluate {title} in a sandbox and print the result as JSON",
+            description=f"Evaluate {title} code (-e CODE, or FILE; '-' reads stdin) in a fresh script sandbox "
+            "and print its value as JSON (bytes as {\"base64\": ...}). print() goes to stderr as log records.",
+            epilog="Exit status: 0 on success, 1 when the script raises or the sandbox fails (timeout, "
+            "memory), 2 for bad usage; the error is one line on stderr.",
+        )
+        source = script.add_mutually_exclusive_group(required=True)
+        source.add_argument("-e", "--eval", dest="code", metavar="CODE", help="the code to evaluate")
+        source.add_argument("file", nargs="?", metavar="FILE", help="a file of code ('-': stdin)")
+        script.add_argument(
+            "--timeout", type=_timeout, default=DEFAULT_TIMEOUT, metavar="S",
+            help=f"stop the script after S seconds (default {DEFAULT_TIMEOUT:g}; 0: no limit)",
+        )
     return parser
+
+
+def _script(args: argparse.Namespace) -> int:
+    from ._exceptions import SandboxError
+    from ._scripts import JsSandbox, LuaSandbox
+
+    command = args.command
+    if args.code is not None:
+        code = args.code
+    elif args.file == "-":
+        code = sys.stdin.read()
+    else:
+        try:
+            code = Path(args.file).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            _error(command, exc)
+            return _USAGE
+    cls = JsSandbox if command == "js" else LuaSandbox
+
+    async def evaluate() -> Any:
+        async with cls.create() as sb:
+            return await sb.eval(code, timeout=args.timeout)
+
+    try:
+        with _guest_log_on_stderr():
+            result = asyncio.run(evaluate())
+    except (SandboxError, OSError) as exc:
+        _error(command, exc)
+        return _FAILED
+    print(to_json(result))
+    return 0
 
 
 def _error(command: str, exc: BaseException) -> None:
@@ -351,7 +398,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from ._exceptions import KvmUnavailable
 
-    commands = {"demo": _demo, "build": _build, "inspect": _inspect, "call": _call, "run": _run}
+    commands = {"demo": _demo, "build": _build, "inspect": _inspect, "call": _call, "run": _run,
+                "js": _script, "lua": _script}
     try:
         return commands[args.command](args)
     except KeyboardInterrupt:

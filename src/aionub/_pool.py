@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -46,6 +46,8 @@ class SandboxPool:
     served, for at most ``acquire_timeout`` seconds (None: no limit), then
     raises :class:`PoolTimeout`. ``host_functions``, ``files`` and ``name``
     are given to every sandbox; other keyword arguments are sandbox options.
+    ``setup``, an ``async def setup(sandbox)``, runs on each new sandbox
+    before its snapshot is taken (load data or code once, for every user).
 
     :meth:`call` and :meth:`run` do one call or run on a sandbox of the pool.
     """
@@ -60,8 +62,11 @@ class SandboxPool:
         host_functions: Mapping[str, HostFunction] | None = None,
         files: Mapping[str, bytes] | None = None,
         name: str | None = None,
+        setup: Callable[[Sandbox], Awaitable[None]] | None = None,
         **config: Any,
     ) -> None:
+        if setup is not None and not callable(setup):
+            raise TypeError(f"setup must be an async callable taking the sandbox, not {type(setup).__name__}")
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
             raise ValueError(f"size must be a positive int, got {size!r}")
         if max_size is None:
@@ -80,6 +85,7 @@ class SandboxPool:
         self._host_functions = check_host_functions(host_functions)
         self._files = check_files(files)
         self._config = config
+        self._setup = setup
         self._size = size
         self._max_size = max_size
         self._acquire_timeout = acquire_timeout
@@ -183,6 +189,8 @@ class SandboxPool:
             **self._config
         )
         try:
+            if self._setup is not None:
+                await self._setup(sandbox)
             snapshot = await sandbox.snapshot()
         except BaseException:
             await sandbox.aclose()  # runs to the end, even when we are cancelled

@@ -1,0 +1,266 @@
+"""Script sandboxes: JavaScript (QuickJS) and Lua 5.4 running in a guest.
+
+    async with aionub.JsSandbox.create() as js:
+        await js.exec("function add(a, b) { return a + b }")
+        assert await js.call("add", 2, 3) == 5
+
+The runtimes are guests of ours (``native/guest/scripts/``), built at
+install time into ``aionub/_guests/js.elf`` and ``lua.elf``. Each exports
+``eval``, ``exec`` and ``call`` returning an envelope, ``[True, value]`` or
+``[False, message, stack]``; the second becomes :class:`ScriptError`, which
+does not poison the sandbox. Host functions are served through one host
+function, ``script.host`` (:func:`script_host_functions`), which turns a
+Python exception into a script exception. ``docs/scripts.md`` has the
+conversion rules.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Coroutine, Generator, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, ClassVar, TypeVar
+
+from ._exceptions import GuestProtocolError, SandboxError
+from ._hostcalls import HostFunction, check_host_functions
+from ._paths import JS_GUEST, LUA_GUEST
+from ._pool import SandboxPool
+from ._sandbox import Sandbox
+from ._snapshot import Snapshot
+
+__all__ = ("ScriptError", "JsSandbox", "LuaSandbox", "script_host_functions", "SCRIPT_DEFAULTS")
+
+#: Sandbox options a script sandbox gets unless given: room for the
+#: interpreter's heap and for results and arguments up to 1 MiB encoded.
+SCRIPT_DEFAULTS: Mapping[str, int] = {
+    "memory_size": 64 * 1024 * 1024,
+    "input_size": 1024 * 1024,
+    "output_size": 1024 * 1024,
+}
+
+#: The one host function the runtimes call; it dispatches to the user's.
+SCRIPT_HOST = "script.host"
+
+S = TypeVar("S", bound="_ScriptSandbox")
+
+
+class ScriptError(SandboxError):
+    """The script raised (or its result could not be converted). The
+    runtime is intact: the sandbox is not poisoned. ``message`` is the
+    error's text (``Error: boom`` in JavaScript, ``eval:1: boom`` in Lua),
+    ``stack`` its stack trace (may be empty)."""
+
+    def __init__(self, message: str, stack: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.stack = stack
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def script_host_functions(host_functions: Mapping[str, HostFunction] | None) -> dict[str, HostFunction]:
+    """The ``host_functions`` of a script sandbox's Sandbox (or SandboxPool):
+    one dispatcher, ``script.host``, through which scripts reach
+    ``host_functions`` (sync or ``async def``). An exception in one of them
+    is raised in the script as an error ``"<Type>: <message>"``."""
+    functions = check_host_functions(host_functions)
+
+    async def finish(name: str, pending: Awaitable[Any]) -> list[Any]:
+        try:
+            return [True, await pending]
+        except Exception as exc:
+            return [False, f"{type(exc).__name__}: {exc}"]
+
+    def dispatch(name: str, args: list[Any]) -> list[Any] | Coroutine[Any, Any, list[Any]]:
+        fn = functions.get(name)
+        if fn is None:
+            return [False, f"no host function named {name!r}"]
+        try:
+            result = fn(*args)
+        except Exception as exc:
+            return [False, f"{type(exc).__name__}: {exc}"]
+        if inspect.isawaitable(result):
+            return finish(name, result)
+        return [True, result]
+
+    return {SCRIPT_HOST: dispatch}
+
+
+def _unwrap(envelope: Any) -> Any:
+    if isinstance(envelope, list):
+        if len(envelope) == 2 and envelope[0] is True:
+            return envelope[1]
+        if len(envelope) == 3 and envelope[0] is False:
+            raise ScriptError(envelope[1], envelope[2])
+    raise GuestProtocolError(f"the script runtime returned {type(envelope).__name__}, not a result envelope")
+
+
+def _check_code(code: object) -> str:
+    if not isinstance(code, str):
+        raise TypeError(f"code must be a str, not {type(code).__name__}")
+    return code
+
+
+class _Creation(Coroutine[Any, Any, S]):
+    """Awaitable and async context manager, like ``Sandbox.create()``."""
+
+    __slots__ = ("_cls", "_creation", "_coro")
+
+    def __init__(self, cls: type[S], creation: Any) -> None:
+        self._cls = cls
+        self._creation = creation
+        self._coro: Coroutine[Any, Any, S] | None = None
+
+    async def _make(self) -> S:
+        return self._cls(await self._creation)
+
+    def _inner(self) -> Coroutine[Any, Any, S]:
+        if self._coro is None:
+            self._coro = self._make()
+        return self._coro
+
+    def __await__(self) -> Generator[Any, None, S]:
+        return self._inner().__await__()
+
+    def send(self, value: Any) -> Any:
+        return self._inner().send(value)
+
+    def throw(self, *args: Any) -> Any:
+        return self._inner().throw(*args)
+
+    def close(self) -> None:
+        if self._coro is not None:
+            self._coro.close()
+        self._creation.close()
+
+    async def __aenter__(self) -> S:
+        return self._cls(await self._creation.__aenter__())
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._creation.__aexit__(exc_type, exc, tb)
+
+
+class _ScriptSandbox:
+    """A script runtime in a Sandbox. Create with :meth:`create`, or wrap a
+    sandbox of the runtime's guest (from a pool) with ``cls(sandbox)``."""
+
+    GUEST: ClassVar[Path]
+    LANGUAGE: ClassVar[str]
+
+    __slots__ = ("sandbox",)
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        if not isinstance(sandbox, Sandbox):
+            raise TypeError(f"{type(self).__name__} wraps a Sandbox, not {type(sandbox).__name__}")
+        if not {"eval", "exec", "call"} <= set(sandbox.functions):
+            raise TypeError(f"{sandbox!r} does not run the {self.LANGUAGE} runtime ({type(self).__name__}.GUEST)")
+        self.sandbox = sandbox
+
+    @classmethod
+    def create(
+        cls: type[S],
+        *,
+        host_functions: Mapping[str, HostFunction] | None = None,
+        name: str | None = None,
+        **config: Any,
+    ) -> _Creation[S]:
+        """Start a sandbox running the runtime. ``host_functions`` are what
+        scripts reach as ``host.name(...)``; ``config`` takes the options of
+        ``Sandbox.create`` (defaults: :data:`SCRIPT_DEFAULTS`). Await it or
+        use it with ``async with``."""
+        options = {**SCRIPT_DEFAULTS, **config}
+        creation = Sandbox.create(
+            cls.GUEST, host_functions=script_host_functions(host_functions), name=name or cls.LANGUAGE, **options
+        )
+        return _Creation(cls, creation)
+
+    @classmethod
+    def pool(
+        cls,
+        *,
+        setup: str | None = None,
+        host_functions: Mapping[str, HostFunction] | None = None,
+        name: str | None = None,
+        **options: Any,
+    ) -> SandboxPool:
+        """A SandboxPool of this runtime. ``setup`` is code run in each
+        sandbox before the pool's snapshot, so every checkout starts with it
+        loaded; wrap a checked-out sandbox with ``cls(sandbox)``. ``options``
+        are SandboxPool's (``size``, ``max_size``, ``acquire_timeout``) and
+        the sandbox options (defaults: :data:`SCRIPT_DEFAULTS`)."""
+        code = None if setup is None else _check_code(setup)
+
+        async def prepare(sandbox: Sandbox) -> None:
+            if code is not None:
+                await cls(sandbox).exec(code)
+
+        return SandboxPool(
+            cls.GUEST,
+            host_functions=script_host_functions(host_functions),
+            name=name or cls.LANGUAGE,
+            setup=prepare,
+            **{**SCRIPT_DEFAULTS, **options},
+        )
+
+    async def eval(self, code: str, *, timeout: float | None = None) -> Any:
+        """Evaluate ``code`` and return its value converted to Python (JS: the
+        completion value; Lua: the first result, ``code`` being tried as an
+        expression first). Raises :class:`ScriptError` if it raises."""
+        return _unwrap(await self.sandbox.call("eval", _check_code(code), timeout=timeout))
+
+    async def exec(self, code: str, *, timeout: float | None = None) -> None:
+        """Run ``code`` for its effects (definitions stay for later calls)."""
+        _unwrap(await self.sandbox.call("exec", _check_code(code), timeout=timeout))
+
+    async def call(self, function: str, /, *args: Any, timeout: float | None = None) -> Any:
+        """Call the global function ``function`` with ``args`` converted to
+        the script's values; return its result converted back."""
+        if not isinstance(function, str):
+            raise TypeError(f"function must be a str, not {type(function).__name__}")
+        return _unwrap(await self.sandbox.call("call", function, list(args), timeout=timeout))
+
+    @property
+    def poisoned(self) -> bool:
+        return self.sandbox.poisoned
+
+    async def snapshot(self) -> Snapshot:
+        return await self.sandbox.snapshot()
+
+    async def restore(self, snapshot: Snapshot) -> None:
+        await self.sandbox.restore(snapshot)
+
+    async def aclose(self) -> None:
+        await self.sandbox.aclose()
+
+    async def __aenter__(self: S) -> S:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.sandbox!r}>"
+
+
+class JsSandbox(_ScriptSandbox):
+    """JavaScript (QuickJS 2021-03-27, ES2020) in a sandbox."""
+
+    GUEST = JS_GUEST
+    LANGUAGE = "js"
+    __slots__ = ()
+
+
+class LuaSandbox(_ScriptSandbox):
+    """Lua 5.4 in a sandbox."""
+
+    GUEST = LUA_GUEST
+    LANGUAGE = "lua"
+    __slots__ = ()
+
+

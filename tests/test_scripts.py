@@ -1,0 +1,454 @@
+"""Script sandboxes: JavaScript (QuickJS) and Lua 5.4 guests built at install
+(aionub.JsSandbox, aionub.LuaSandbox; docs/scripts.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import aionub
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(300)]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+LANGS = ["js", "lua"]
+CLASSES: dict[str, type[aionub.JsSandbox] | type[aionub.LuaSandbox]] = {
+    "js": aionub.JsSandbox,
+    "lua": aionub.LuaSandbox,
+}
+ECHO = {"js": "function echo(x) { return x }", "lua": "function echo(x) return x end"}
+
+
+@pytest.fixture(params=LANGS)
+async def script(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    async with CLASSES[request.param].create() as sb:
+        yield sb
+
+
+@pytest.fixture
+async def js() -> AsyncIterator[aionub.JsSandbox]:
+    async with aionub.JsSandbox.create() as sb:
+        yield sb
+
+
+@pytest.fixture
+async def lua() -> AsyncIterator[aionub.LuaSandbox]:
+    async with aionub.LuaSandbox.create() as sb:
+        yield sb
+
+
+def lang(sb: Any) -> str:
+    return "js" if isinstance(sb, aionub.JsSandbox) else "lua"
+
+
+# ---- eval, exec, call -------------------------------------------------------------------------
+
+
+async def test_js_eval_exec_call(js: aionub.JsSandbox) -> None:
+    assert await js.eval("1 + 2") == 3
+    assert await js.eval("[1, 'a', {b: null, c: undefined}, true]") == [1, "a", {"b": None, "c": None}, True]
+    assert await js.exec("var total = 0; function add(a, b) { total += a + b; return total }") is None
+    assert await js.call("add", 2, 3) == 5
+    assert await js.call("add", 1.5, 1) == 7.5
+    assert await js.eval("total") == 7.5
+    assert await js.eval("undefined") is None
+    assert await js.call("parseInt", "42px") == 42
+
+
+async def test_lua_eval_exec_call(lua: aionub.LuaSandbox) -> None:
+    assert await lua.eval("1 + 2") == 3
+    assert await lua.eval("return 7 // 2, 'second'") == 3  # the first result
+    assert await lua.eval("{1, 'a', {b = 2}, true}") == [1, "a", {"b": 2}, True]
+    assert await lua.exec("total = 0; function add(a, b) total = total + a + b; return total end") is None
+    assert await lua.call("add", 2, 3) == 5
+    assert await lua.call("add", 1.5, 1) == 7.5
+    assert await lua.eval("total") == 7.5
+    assert await lua.eval("nil") is None
+    assert await lua.eval("x = 1") is None  # a statement: run as a chunk
+    assert await lua.call("tostring", 12) == "12"
+
+
+# ---- conversions --------------------------------------------------------------------------------
+
+
+async def test_numbers(script: Any) -> None:
+    await script.exec(ECHO[lang(script)])
+    for value in [0, 1, -1, 2**31, 2**53, -(2**53), 2**53 + 1, -(2**53) - 1, 2**63 - 1, -(2**63)]:
+        got = await script.call("echo", value)
+        assert got == value and type(got) is int, value
+    for f in [0.5, -0.0, 1e300, -1e-300, math.inf, -math.inf, 2.0**60, 0.1]:
+        got = await script.call("echo", f)
+        assert type(got) is float and got == f and math.copysign(1, got) == math.copysign(1, f), f
+    assert math.isnan(await script.call("echo", math.nan))
+
+
+async def test_js_number_rules(js: aionub.JsSandbox) -> None:
+    assert await js.eval("2 ** 53") == 2**53 and type(await js.eval("2 ** 53")) is int
+    assert type(await js.eval("2 ** 53 + 2")) is float  # beyond 2**53: a float
+    assert await js.eval("3.0") == 3 and type(await js.eval("3.0")) is int  # integral numbers are ints
+    got = await js.eval("-0")
+    assert type(got) is float and math.copysign(1, got) == -1
+    assert math.isnan(await js.eval("NaN")) and await js.eval("-Infinity") == -math.inf
+    assert await js.eval("2n ** 62n") == 2**62
+    assert await js.eval("typeof host_value") == "undefined"
+    assert await js.call("String", 2**60) == str(2**60)  # a BigInt in JS
+    with pytest.raises(aionub.ScriptError, match=r"result: a BigInt outside the signed 64-bit range"):
+        await js.eval("2n ** 64n")
+    await js.exec(ECHO["js"])
+    assert await js.call("echo", 3.0) == 3  # an integral float comes back an int
+
+
+async def test_lua_number_and_string_rules(lua: aionub.LuaSandbox) -> None:
+    assert type(await lua.eval("3.0")) is float and type(await lua.eval("3")) is int
+    assert await lua.eval("math.maxinteger") == 2**63 - 1
+    assert await lua.eval("'\\xff\\x00'") == b"\xff\x00"  # not UTF-8: bytes
+    assert await lua.eval("'h\\u{e9}'") == "hé"
+    await lua.exec(ECHO["lua"])
+    assert await lua.call("echo", b"abc") == "abc"  # bytes that are UTF-8 come back str
+    assert await lua.call("echo", b"\x80") == b"\x80"
+    assert await lua.call("echo", []) == []
+    assert await lua.call("echo", {}) == {}
+    assert await lua.eval("{}") == {}
+    assert await lua.call("echo", [None, 1, None]) == [None, 1, None]  # None inside: null
+    assert await lua.call("echo", {"a": None}) == {"a": None}
+    assert await lua.eval("{null, 2}") == [None, 2]
+    assert await lua.eval("select('#', ...)") == 0
+    await lua.exec("function count(...) return select('#', ...) end function isnil(x) return x == nil end")
+    assert await lua.call("count", None, None) == 2
+    assert await lua.call("isnil", None) is True  # None as an argument: nil
+
+
+async def test_strings_and_bytes(script: Any) -> None:
+    await script.exec(ECHO[lang(script)])
+    for s in ["", "a\x00b", "héllo", "日本語", "🎉 emoji", "\U0010ffff", "line\nbreak"]:
+        assert await script.call("echo", s) == s
+    if lang(script) == "js":
+        for b in [b"", b"\x00\xff", bytes(range(256))]:
+            assert await script.call("echo", b) == b
+        assert await script.eval("new Uint8Array([1, 2, 255])") == b"\x01\x02\xff"
+        assert await script.eval("new Uint8Array([1, 2, 3]).subarray(1)") == b"\x02\x03"
+        assert await script.eval("new ArrayBuffer(2)") == b"\x00\x00"
+        assert await script.eval("'🎉'.length") == 2
+    else:
+        assert await script.call("echo", bytes(range(256))) == bytes(range(256))
+        assert await script.eval("#'🎉'") == 4
+
+
+async def test_nested(script: Any) -> None:
+    await script.exec(ECHO[lang(script)])
+    value = {"a": [1, [2, [3, {"b": "c"}]]], "d": {"e": {"f": [True, False, 1.5]}}, "": "empty key"}
+    assert await script.call("echo", value) == value
+    deep: Any = 1
+    for _ in range(55):
+        deep = [deep]
+    assert await script.call("echo", deep) == deep
+
+
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        ("({items: [1, 2, {fn: function () {}}]})", "result.items[2].fn: a function cannot be converted"),
+        ("[Symbol('s')]", "result[0]: a symbol cannot be converted"),
+        ("(() => { const o = {a: {}}; o.a.self = o; return o })()",
+         "result.a.self: a cycle cannot be converted"),
+        ("({'odd key': new Int32Array(1)})", 'result["odd key"]: a typed array other than Uint8Array'),
+        ("'\\ud800'", "result: a string with a lone surrogate cannot be converted"),
+    ],
+)
+async def test_js_not_convertible(js: aionub.JsSandbox, code: str, message: str) -> None:
+    with pytest.raises(aionub.ScriptError, match="^" + message.replace("[", r"\[").replace("(", r"\(")):
+        await js.eval(code)
+    assert not js.poisoned and await js.eval("1") == 1
+
+
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        ("{items = {1, 2, {fn = print}}}", "result.items[3].fn: a function cannot be converted"),
+        ("(function () local t = {}; t.me = t; return t end)()", "result.me: a cycle cannot be converted"),
+        ("{[1] = 'a', [3] = 'c'}", "result[1]: a table key of type number cannot be converted"),
+        ("{[true] = 1}", "result: a table key of type boolean cannot be converted"),
+        ("coroutine.create(print)", "result: a thread cannot be converted"),
+        ("io.stdout", "result: a userdata cannot be converted"),
+    ],
+)
+async def test_lua_not_convertible(lua: aionub.LuaSandbox, code: str, message: str) -> None:
+    with pytest.raises(aionub.ScriptError) as info:
+        await lua.eval(code)
+    assert info.value.message.startswith(message), info.value.message
+    assert not lua.poisoned and await lua.eval("1") == 1
+
+
+async def test_call_result_path(script: Any) -> None:
+    code = {"js": "function f() { return {x: [Math.max]} }", "lua": "function f() return {x = {print}} end"}
+    await script.exec(code[lang(script)])
+    with pytest.raises(aionub.ScriptError, match=r"^f\(\) result\.x\[[01]\]: a function cannot be converted"):
+        await script.call("f")
+
+
+# JSON-like values the conversions carry unchanged (see docs/scripts.md).
+_keys = st.text(max_size=8)
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20)
+)
+_values = st.recursive(
+    _scalars, lambda inner: st.lists(inner, max_size=5) | st.dictionaries(_keys, inner, max_size=5), max_leaves=25
+)
+
+
+def _normal(value: Any, language: str) -> Any:
+    """What a value comes back as: JS turns integral floats within 2**53 into ints."""
+    if isinstance(value, float) and language == "js":
+        if value.is_integer() and abs(value) <= 2**53 and not (value == 0 and math.copysign(1, value) < 0):
+            return int(value)
+    if isinstance(value, list):
+        return [_normal(v, language) for v in value]
+    if isinstance(value, dict):
+        return {k: _normal(v, language) for k, v in value.items()}
+    return value
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b and math.copysign(1, a) == math.copysign(1, b)
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
+@pytest.mark.parametrize("language", LANGS)
+def test_round_trips(language: str) -> None:
+    async def main() -> None:
+        async with CLASSES[language].create() as sb:
+            await sb.exec(ECHO[language])
+
+            @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+            @given(_values)
+            def check(value: Any) -> None:
+                got = asyncio.run_coroutine_threadsafe(sb.call("echo", value), loop).result()
+                assert _same(got, _normal(value, language)), (value, got)
+
+            loop = asyncio.get_running_loop()
+            await asyncio.to_thread(check)
+
+    asyncio.run(main())
+
+
+# ---- errors ------------------------------------------------------------------------------------------
+
+
+async def test_js_script_error(js: aionub.JsSandbox) -> None:
+    await js.exec("var kept = 41")
+    with pytest.raises(aionub.ScriptError) as info:
+        await js.exec("function inner() { throw new TypeError('boom') }\nfunction outer() { inner() }\nouter()")
+    assert info.value.message == "TypeError: boom"
+    assert "at inner" in info.value.stack and "at outer" in info.value.stack
+    assert isinstance(info.value, aionub.SandboxError)
+    assert not js.poisoned
+    assert await js.eval("kept + 1") == 42
+    with pytest.raises(aionub.ScriptError, match="SyntaxError"):
+        await js.eval("1 +")
+    with pytest.raises(aionub.ScriptError, match=r"^42$"):
+        await js.eval("throw 42")
+    with pytest.raises(aionub.ScriptError, match="nope is not a function"):
+        await js.call("nope")
+    with pytest.raises(aionub.ScriptError, match="stack overflow"):
+        await js.eval("function r() { return r() } r()")
+    assert await js.eval("kept") == 41
+
+
+async def test_lua_script_error(lua: aionub.LuaSandbox) -> None:
+    await lua.exec("kept = 41")
+    with pytest.raises(aionub.ScriptError) as info:
+        await lua.exec("local function inner() error('boom') end\nlocal function outer() inner() end\nouter()")
+    assert info.value.message == "exec:1: boom"
+    assert info.value.stack.startswith("stack traceback:") and "inner" in info.value.stack
+    assert not lua.poisoned and await lua.eval("kept + 1") == 42
+    with pytest.raises(aionub.ScriptError, match=r"syntax error|expected"):
+        await lua.eval("1 +")
+    with pytest.raises(aionub.ScriptError, match=r"error object is a table value"):
+        await lua.eval("error({})")
+    with pytest.raises(aionub.ScriptError, match=r"attempt to call a nil value \(global 'nope'\)"):
+        await lua.call("nope")
+    # Lua's stack lives on the heap: it overflows or runs out of memory first.
+    with pytest.raises(aionub.ScriptError, match=r"stack overflow|not enough memory"):
+        await lua.exec("local function r() return 1 + r() end r()")
+    assert await lua.eval("kept") == 41
+
+
+@pytest.mark.parametrize("language", LANGS)
+async def test_infinite_loop_timeout(language: str) -> None:
+    loop_code = {"js": "for (;;) {}", "lua": "while true do end"}
+    async with CLASSES[language].create() as sb:
+        await sb.exec("x = 5")
+        snap = await sb.snapshot()
+        with pytest.raises(aionub.CallTimeout):
+            await sb.exec(loop_code[language], timeout=0.2)
+        assert sb.poisoned
+        with pytest.raises(aionub.SandboxPoisoned):
+            await sb.eval("1")
+        await sb.restore(snap)
+        assert await sb.eval("x") == 5
+
+
+@pytest.mark.parametrize("language", LANGS)
+async def test_memory_bomb(language: str) -> None:
+    bomb = {
+        "js": "let a = []; for (;;) a.push(new Array(100000).fill(1.5))",
+        "lua": "local t = {} for i = 1, 1e9 do t[i] = string.rep('x', 100000) .. i end",
+    }
+    async with CLASSES[language].create(memory_size=32 * 1024 * 1024) as sb:
+        await sb.exec("y = 7")
+        snap = await sb.snapshot()
+        with pytest.raises((aionub.ScriptError, aionub.GuestAborted, aionub.GuestFault)) as info:
+            await sb.exec(bomb[language], timeout=30)
+        if isinstance(info.value, aionub.ScriptError):
+            assert "memory" in info.value.message
+        await sb.restore(snap)
+        assert await sb.eval("y") == 7
+
+
+# ---- host functions, logs, snapshots ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("language", LANGS)
+async def test_host_functions(language: str) -> None:
+    seen: list[Any] = []
+
+    def price(item: str, qty: int) -> float:
+        seen.append((item, qty))
+        if item == "bad":
+            raise ValueError("no such item")
+        return {"apple": 0.5, "pear": 0.75}[item] * qty
+
+    async def lookup(key: str) -> dict[str, Any]:
+        await asyncio.sleep(0.01)
+        return {"key": key, "tags": ["x", "y"], "blob": b"\x00\x01"}
+
+    code = {
+        "js": """
+            function total() { return host.price('apple', 2) + host.price('pear', 4) }
+            function fetch(k) { return host.lookup(k) }
+            function safe() { try { host.price('bad', 1) } catch (e) { return e.message } }
+            function missing() { return host.nothing() }
+            function unconvertible() { return host.price(() => 1) }
+        """,
+        "lua": """
+            function total() return host.price('apple', 2) + host.price('pear', 4) end
+            function fetch(k) return host.lookup(k) end
+            function safe() local ok, e = pcall(host.price, 'bad', 1); return e end
+            function missing() return host.nothing() end
+            function unconvertible() return host.price(print) end
+        """,
+    }
+    async with CLASSES[language].create(host_functions={"price": price, "lookup": lookup}) as sb:
+        await sb.exec(code[language])
+        assert await sb.call("total") == 4
+        blob = b"\x00\x01" if language == "js" else "\x00\x01"  # a Lua string that is UTF-8: str
+        assert await sb.call("fetch", "k1") == {"key": "k1", "tags": ["x", "y"], "blob": blob}
+        assert (await sb.call("safe")).endswith("ValueError: no such item")
+        with pytest.raises(aionub.ScriptError, match="ValueError: no such item"):
+            await sb.eval("host.price('bad', 1)")
+        with pytest.raises(aionub.ScriptError, match="no host function named 'nothing'"):
+            await sb.call("missing")
+        with pytest.raises(aionub.ScriptError, match=r"host\.price\(\) argument.*a function cannot be converted"):
+            await sb.call("unconvertible")
+        assert not sb.poisoned
+        assert seen[:2] == [("apple", 2), ("pear", 4)]
+
+
+@pytest.mark.parametrize("language", LANGS)
+async def test_print_goes_to_the_log(language: str, caplog: pytest.LogCaptureFixture) -> None:
+    code = {
+        "js": "print('hello', 42, {a: [1]}); console.warn('careful'); console.log('x')",
+        "lua": "print('hello', 42, nil)",
+    }
+    async with CLASSES[language].create() as sb:
+        with caplog.at_level(logging.DEBUG, logger="aionub.guest"):
+            await sb.exec(code[language])
+    messages = [(r.levelno, r.getMessage().split("] ", 1)[1]) for r in caplog.records if r.name == "aionub.guest"]
+    if language == "js":
+        assert messages == [(20, 'hello 42 {"a":[1]}'), (30, "careful"), (20, "x")]
+    else:
+        assert messages == [(20, "hello\t42\tnil")]
+
+
+@pytest.mark.parametrize("language", LANGS)
+async def test_snapshot_after_loading_a_script(language: str) -> None:
+    code = {
+        "js": "var n = 0; function bump() { return ++n }",
+        "lua": "n = 0; function bump() n = n + 1; return n end",
+    }
+    async with CLASSES[language].create() as sb:
+        await sb.exec(code[language])
+        snap = await sb.snapshot()
+        assert [await sb.call("bump") for _ in range(3)] == [1, 2, 3]
+        await sb.restore(snap)
+        assert await sb.call("bump") == 1
+
+
+@pytest.mark.parametrize("language", LANGS)
+async def test_pool_with_setup(language: str) -> None:
+    code = {
+        "js": "var n = 0; function bump(k) { n += k; return host.twice(n) }",
+        "lua": "n = 0; function bump(k) n = n + k; return host.twice(n) end",
+    }
+    cls = CLASSES[language]
+    async with cls.pool(setup=code[language], host_functions={"twice": lambda x: 2 * x}, size=2) as pool:
+        for _ in range(3):
+            async with pool.acquire() as sandbox:
+                sb = cls(sandbox)
+                assert await sb.call("bump", 5) == 10  # every checkout starts from the setup's state
+                assert await sb.call("bump", 1) == 12
+    with pytest.raises(TypeError, match="does not run the"):
+        async with aionub.Sandbox.create(aionub.DEMO_GUEST) as demo:
+            cls(demo)
+
+
+# ---- the CLI ------------------------------------------------------------------------------------------------
+
+
+def _cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "aionub", *args], input=stdin, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_cli(tmp_path: Any) -> None:
+    out = _cli("js", "-e", "({a: [1, 2.5, 'x', null], b: new Uint8Array([104, 105])})")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"a": [1, 2.5, "x", None], "b": {"base64": "aGk="}}
+    script = tmp_path / "s.lua"
+    script.write_text("local t = {}\nfor i = 1, 3 do t[i] = i * i end\nprint('log line')\nreturn t\n")
+    out = _cli("lua", str(script))
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [1, 4, 9]
+    assert "log line" in out.stderr
+    out = _cli("js", "-e", "throw new Error('bad\\nthing')")
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1] == "aionub js: ScriptError: Error: bad thing"
+    out = _cli("lua", "-e", "while true do end", "--timeout", "0.2")
+    assert out.returncode == 1 and "CallTimeout" in out.stderr
+    out = _cli("js", "-", stdin="6 * 7")
+    assert (out.returncode, out.stdout.strip()) == (0, "42")
