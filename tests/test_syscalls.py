@@ -489,7 +489,9 @@ async def test_sleep_sleeps_on_the_event_loop(guest: Path) -> None:
             elapsed = time.monotonic() - started
             tg.cancel_scope.cancel()
         assert 0.1 <= elapsed < 1.5
-        assert ticks >= 5  # the loop ran meanwhile
+        # The loop ran meanwhile (a 5 ms ticker over 100 ms: about 20 ticks
+        # on a quiet machine; at least one however busy it is).
+        assert ticks >= 1
         assert await result(sb, sleep(0)) == 0
 
 
