@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["bench_call", "bench_throughput", "bench_create", "bench_timeout", "bench_fib", "bench_floatstr", "bench_idle"]
+SCRIPTS = ["bench_call", "bench_throughput", "bench_create", "bench_timeout", "bench_fib", "bench_floatstr", "bench_scripts", "bench_idle"]
 TARGET_LINE = re.compile(r"^(?P<name>.+): (?P<measured>.+) \((?P<goal>[^()]+)\)$")
 
 
@@ -40,7 +40,7 @@ def machine() -> dict[str, str]:
         pass
     kvm = sorted(m for m in os.listdir("/sys/module") if m.startswith("kvm")) if os.path.isdir("/sys/module") else []
     versions = []
-    for dist in ("aionub", "uvloop", "wasmtime"):
+    for dist in ("aionub", "uvloop", "wasmtime", "lupa", "quickjs"):
         try:
             from importlib.metadata import version
 

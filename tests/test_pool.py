@@ -139,3 +139,15 @@ async def test_bad_pool_arguments() -> None:
     with pytest.raises(RuntimeError, match="start the pool first"):
         async with pool.acquire():
             pass
+
+
+async def test_a_failing_start_raises_the_failure_itself_not_a_group() -> None:
+    # The first sandboxes are created concurrently (a task group); what the
+    # caller sees is the failure, as for one Sandbox.create.
+    async def setup(sb: aionub.Sandbox) -> None:
+        raise LookupError("setup failed")
+
+    pool = aionub.SandboxPool(aionub.DEMO_GUEST, size=3, setup=setup)
+    with pytest.raises(LookupError, match="setup failed"):
+        await pool.start()
+    assert pool.size == 0

@@ -110,6 +110,14 @@ class SandboxPool:
             async with anyio.create_task_group() as tg:
                 for _ in range(self._size):
                     tg.start_soon(self._add_idle)
+        except BaseExceptionGroup as group:
+            await self.aclose()
+            # The sandboxes fail alike (the same guest, options and setup):
+            # raise the first failure itself, not the task group's wrapper.
+            first = group.exceptions[0]
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            raise first from None
         except BaseException:
             await self.aclose()
             raise
