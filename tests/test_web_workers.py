@@ -1,6 +1,6 @@
-"""examples/web_app.py under uvicorn with two worker processes on
-127.0.0.1: each worker has its own pool, both serve requests, and the
-server shuts down cleanly."""
+"""examples/web_app.py with two worker processes on 127.0.0.1, under
+uvicorn --workers and under gunicorn with uvicorn workers: each worker has
+its own pool, both serve requests, and the server shuts down cleanly."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -43,14 +44,22 @@ async def _drive(url: str) -> tuple[set[str], int]:
     return pids, calls
 
 
-def test_two_uvicorn_workers_each_with_its_own_pool(tmp_path: Path) -> None:
+def _uvicorn(fd: int) -> list[str]:
+    return [sys.executable, "-m", "uvicorn", "web_app:app", "--app-dir", str(EXAMPLES),
+            "--fd", str(fd), "--workers", str(WORKERS), "--log-level", "warning"]
+
+
+def _gunicorn(fd: int) -> list[str]:
+    pytest.importorskip("gunicorn")
+    return [sys.executable, "-m", "gunicorn", "-k", "uvicorn.workers.UvicornWorker", "-w", str(WORKERS),
+            "--chdir", str(EXAMPLES), "--bind", f"fd://{fd}", "--log-level", "warning", "web_app:app"]
+
+
+@pytest.mark.parametrize("server", [_uvicorn, _gunicorn], ids=["uvicorn", "gunicorn"])
+def test_two_workers_each_with_its_own_pool(tmp_path: Path, server: Callable[[int], list[str]]) -> None:
     log_path = tmp_path / "server.log"
     env = {"AIONUB_POOL_SIZE": "2", "AIONUB_POOL_MAX_SIZE": "4", "AIONUB_DEADLINE": "10"}
-    proc, url = webserver.start(
-        lambda fd: [sys.executable, "-m", "uvicorn", "web_app:app", "--app-dir", str(EXAMPLES),
-                    "--fd", str(fd), "--workers", str(WORKERS), "--log-level", "warning"],
-        env, log_path,
-    )
+    proc, url = webserver.start(server, env, log_path)
     try:
         pids, calls = asyncio.run(_drive(url))
         assert len(pids) == WORKERS, f"only workers {pids} answered {calls} calls"
