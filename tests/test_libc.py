@@ -364,3 +364,19 @@ def test_no_system_call_instructions(guest: Path) -> None:
     assert not found
     # ... and that the pattern would find one
     assert re.findall(r"^\s*[0-9a-f]+:\s+(syscall|sysenter|int\s+\$0x80)\b.*$", "  4011a0:\tsyscall\n", re.M)
+
+
+async def test_the_usual_link_flags_name_musl_not_the_hosts_libraries(tmp_path: Path) -> None:
+    # Build scripts pass -lm, -lpthread, -lrt, -ldl out of habit: they must
+    # resolve to musl's empty archives (libc.a has it all), never to the
+    # host's glibc libraries.
+    src = tmp_path / "m.c"
+    src.write_text(
+        "#include <aionub_guest.h>\n#include <math.h>\n"
+        "static double f(double x) { return sin(x) + cbrt(x); }\nAB_EXPORT(f, AB_FLOAT, AB_FLOAT);\n"
+    )
+    elf = _build.build_guest(src, tmp_path / "m.elf", sdk=SDK, cflags=["-lm", "-lpthread", "-lrt", "-ldl"])
+    names = subprocess.run(["nm", str(elf)], capture_output=True, text=True, check=True).stdout
+    assert "__sin_fma" not in names and "GLIBC" not in names  # glibc's libm would bring these
+    async with aionub.Sandbox.create(elf) as box:
+        assert math.isclose(await box.call("f", 8.0), math.sin(8.0) + 2.0, rel_tol=1e-14)

@@ -156,7 +156,8 @@ class SdkLayout:
         out["guest.ld"] = self.linker_script
         for p in sorted(self.libc_include.rglob("*.h")):
             out[f"libc/include/{p.relative_to(self.libc_include).as_posix()}"] = p
-        out["libc/lib/libc.a"] = self.libc_archive
+        for p in sorted((self.libc_dir / "lib").glob("lib*.a")):
+            out[f"libc/lib/{p.name}"] = p
         for name in ("COPYRIGHT", "BUILD-KEY"):
             if (self.libc_dir / name).is_file():
                 out[f"libc/{name}"] = self.libc_dir / name
@@ -304,6 +305,9 @@ def build_guest(
         cmd += ["-o", os.fspath(tmp_out), *GUEST_LDFLAGS, "-T", os.fspath(layout.linker_script)]
         # musl, and the compiler's support routines (128-bit division and the
         # like), which musl itself also needs.
+        # -L first: a user's `-lm` or `-lpthread` finds musl's (empty) archives
+        # there, never the host's glibc ones.
+        cmd += ["-L", os.fspath(layout.libc_archive.parent)]
         cmd += ["-Wl,--start-group", os.fspath(layout.libc_archive), "-lgcc", "-Wl,--end-group"]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)

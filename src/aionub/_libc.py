@@ -103,6 +103,10 @@ REQUIRED_FILES = (
 )
 
 
+#: The libraries musl folds into libc.a (its Makefile installs them empty).
+EMPTY_LIBS = ("m", "rt", "pthread", "crypt", "util", "xnet", "resolv", "dl")
+
+
 class LibcBuildError(Exception):
     """The guest libc could not be built."""
 
@@ -324,6 +328,11 @@ def build_libc(
         for i in range(0, len(objects), 200):
             subprocess.run(["ar", "rcD", os.fspath(lib / "libc.a"), *objects[i : i + 200]], check=True)
         subprocess.run(["ranlib", "-D", os.fspath(lib / "libc.a")], check=True)
+        # As musl installs them: libc.a holds libm, libpthread and the rest,
+        # and these empty archives let `-lm`, `-lpthread`, ... resolve to it
+        # instead of to the host's (glibc's) libraries.
+        for name in EMPTY_LIBS:
+            subprocess.run(["ar", "rcD", os.fspath(lib / f"lib{name}.a")], check=True)
         if (musl / "COPYRIGHT").is_file():  # musl's licence travels with the library
             shutil.copyfile(musl / "COPYRIGHT", work / "out" / "COPYRIGHT")
         (work / "out" / "BUILD-KEY").write_text(key + "\n")
