@@ -203,21 +203,7 @@ class Engine:
         self.lifecycle.begin(f"{fn.name}()")
         self.at_snapshot = None
         try:
-            native = self.native
-            assert native is not None
-            native.input[: len(request)] = request
-            if len(request) > self.input_used:
-                self.input_used = len(request)
-            self.deadline = deadline
-            self.services.begin_call()
-            binding.submit(lib.ab_sandbox_submit, CMD_CALL)
-            kind = await self.drive(binding, f"{fn.name}()")
-            if kind != EV_RESULT:
-                # drive() also returns on READY, which only creation expects:
-                # a guest that signals READY again mid-call broke the
-                # protocol (its output buffer is not this call's result).
-                self.poison(f"{fn.name}() signalled READY instead of returning a result")
-                raise GuestProtocolError(f"the guest signalled READY during a call to {fn.name}()")
+            native = await self.exchange(binding, request, deadline, None, f"{fn.name}()")
             try:
                 value = decode_result(fn, native.output, native.event.length, self.label)
             except GuestProtocolError as exc:
@@ -245,18 +231,7 @@ class Engine:
         self.at_snapshot = None
         io = RunIO(stdin, self.config.max_output_bytes)
         try:
-            native = self.native
-            assert native is not None
-            native.input[: len(request)] = request
-            if len(request) > self.input_used:
-                self.input_used = len(request)
-            self.deadline = deadline
-            self.services.begin_call(io)
-            binding.submit(lib.ab_sandbox_submit, CMD_CALL)
-            kind = await self.drive(binding, what)
-            if kind != EV_RESULT:
-                self.poison(f"{what} signalled READY instead of exiting")
-                raise GuestProtocolError(f"the guest signalled READY during {what}")
+            native = await self.exchange(binding, request, deadline, io, what)
             try:
                 code = decode_exit(native.output, native.event.length, args[0])
             except GuestProtocolError as exc:
@@ -269,6 +244,29 @@ class Engine:
         finally:
             self.services.finish_call()
             self.lifecycle.end()
+
+    async def exchange(
+        self, binding: Binding, request: bytes, deadline: float | None, io: RunIO | None, what: str
+    ) -> NativeSandbox:
+        """Write a call or run request, run the guest until its RESULT and
+        return the native sandbox, whose output buffer holds the record. The
+        caller holds ``binding.lock`` and has begun the lifecycle command."""
+        native = self.native
+        assert native is not None
+        native.input[: len(request)] = request
+        if len(request) > self.input_used:
+            self.input_used = len(request)
+        self.deadline = deadline
+        self.services.begin_call(io)
+        binding.submit(lib.ab_sandbox_submit, CMD_CALL)
+        if await self.drive(binding, what) != EV_RESULT:
+            # drive() also returns on READY, which only creation expects:
+            # a guest that signals READY again mid-call broke the protocol
+            # (its output buffer is not this request's result).
+            self.poison(f"{what} signalled READY instead of returning a result")
+            during = what if io is not None else f"a call to {what}"
+            raise GuestProtocolError(f"the guest signalled READY during {during}")
+        return native
 
     async def drive(self, binding: Binding, what: str) -> int:
         """Run the guest until it returns (RESULT or READY), serving log

@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Callable, Coroutine, Generator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from . import _telemetry
 from ._config import SandboxConfig
@@ -85,25 +85,33 @@ def _check_timeout(timeout: object) -> float | None:
     return float(timeout)
 
 
-class _Creation(Coroutine[Any, Any, "Sandbox"]):
-    """What ``Sandbox.create()`` returns: a coroutine (await it, or hand it to
-    ``asyncio.run`` / ``create_task``) that is also an async context manager
-    closing the sandbox on exit. The underlying coroutine starts lazily, so
-    using only ``async with`` leaves no never-awaited coroutine behind."""
+class _Closable(Protocol):
+    async def aclose(self) -> None: ...
+
+
+_T = TypeVar("_T", bound=_Closable)
+
+
+class Creation(Coroutine[Any, Any, _T]):
+    """What ``Sandbox.create()`` (and the script sandboxes' ``create()``)
+    returns: a coroutine (await it, or hand it to ``asyncio.run`` /
+    ``create_task``) that is also an async context manager closing the
+    sandbox on exit. The underlying coroutine starts lazily, so using only
+    ``async with`` leaves no never-awaited coroutine behind."""
 
     __slots__ = ("_factory", "_coro", "_sandbox")
 
-    def __init__(self, factory: Callable[[], Coroutine[Any, Any, Sandbox]]) -> None:
+    def __init__(self, factory: Callable[[], Coroutine[Any, Any, _T]]) -> None:
         self._factory = factory
-        self._coro: Coroutine[Any, Any, Sandbox] | None = None
-        self._sandbox: Sandbox | None = None
+        self._coro: Coroutine[Any, Any, _T] | None = None
+        self._sandbox: _T | None = None
 
-    def _inner(self) -> Coroutine[Any, Any, Sandbox]:
+    def _inner(self) -> Coroutine[Any, Any, _T]:
         if self._coro is None:
             self._coro = self._factory()
         return self._coro
 
-    def __await__(self) -> Generator[Any, None, Sandbox]:
+    def __await__(self) -> Generator[Any, None, _T]:
         return self._inner().__await__()
 
     def send(self, value: Any) -> Any:
@@ -116,9 +124,9 @@ class _Creation(Coroutine[Any, Any, "Sandbox"]):
         if self._coro is not None:
             self._coro.close()
 
-    async def __aenter__(self) -> Sandbox:
+    async def __aenter__(self) -> _T:
         if self._coro is not None:
-            raise RuntimeError("Sandbox.create() was already awaited; use 'async with' on the sandbox")
+            raise RuntimeError("create() was already awaited; use 'async with' on the sandbox")
         self._sandbox = await self._factory()
         return self._sandbox
 
@@ -168,7 +176,7 @@ class Sandbox:
         files: Mapping[str, bytes] | None = None,
         name: str | None = None,
         **config: Any,
-    ) -> _Creation:
+    ) -> Creation[Sandbox]:
         """Create a sandbox running ``guest`` (a path or the bytes of a guest
         ELF). ``host_functions`` maps names the guest may call to callables,
         sync or ``async def``. ``files`` maps absolute guest paths to the
@@ -208,7 +216,7 @@ class Sandbox:
             log.debug("created %r", sandbox)
             return sandbox
 
-        return _Creation(factory)
+        return Creation(factory)
 
     # ---- public API ---------------------------------------------------------
 

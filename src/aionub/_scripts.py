@@ -17,7 +17,7 @@ conversion rules.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Coroutine, Generator, Mapping
+from collections.abc import Awaitable, Coroutine, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar, TypeVar
@@ -26,7 +26,7 @@ from ._exceptions import GuestProtocolError, SandboxError
 from ._hostcalls import HostFunction, check_host_functions
 from ._paths import JS_GUEST, LUA_GUEST
 from ._pool import SandboxPool
-from ._sandbox import Sandbox
+from ._sandbox import Creation, Sandbox
 from ._snapshot import Snapshot
 
 __all__ = ("ScriptError", "JsSandbox", "LuaSandbox", "script_host_functions", "SCRIPT_DEFAULTS")
@@ -103,47 +103,6 @@ def _check_code(code: object) -> str:
     return code
 
 
-class _Creation(Coroutine[Any, Any, S]):
-    """Awaitable and async context manager, like ``Sandbox.create()``."""
-
-    __slots__ = ("_cls", "_creation", "_coro")
-
-    def __init__(self, cls: type[S], creation: Any) -> None:
-        self._cls = cls
-        self._creation = creation
-        self._coro: Coroutine[Any, Any, S] | None = None
-
-    async def _make(self) -> S:
-        return self._cls(await self._creation)
-
-    def _inner(self) -> Coroutine[Any, Any, S]:
-        if self._coro is None:
-            self._coro = self._make()
-        return self._coro
-
-    def __await__(self) -> Generator[Any, None, S]:
-        return self._inner().__await__()
-
-    def send(self, value: Any) -> Any:
-        return self._inner().send(value)
-
-    def throw(self, *args: Any) -> Any:
-        return self._inner().throw(*args)
-
-    def close(self) -> None:
-        if self._coro is not None:
-            self._coro.close()
-        self._creation.close()
-
-    async def __aenter__(self) -> S:
-        return self._cls(await self._creation.__aenter__())
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self._creation.__aexit__(exc_type, exc, tb)
-
-
 class _ScriptSandbox:
     """A script runtime in a Sandbox. Create with :meth:`create`, or wrap a
     sandbox of the runtime's guest (from a pool) with ``cls(sandbox)``."""
@@ -167,7 +126,7 @@ class _ScriptSandbox:
         host_functions: Mapping[str, HostFunction] | None = None,
         name: str | None = None,
         **config: Any,
-    ) -> _Creation[S]:
+    ) -> Creation[S]:
         """Start a sandbox running the runtime. ``host_functions`` are what
         scripts reach as ``host.name(...)``; ``config`` takes the options of
         ``Sandbox.create`` (defaults: :data:`SCRIPT_DEFAULTS`). Await it or
@@ -176,7 +135,11 @@ class _ScriptSandbox:
         creation = Sandbox.create(
             cls.GUEST, host_functions=script_host_functions(host_functions), name=name or cls.LANGUAGE, **options
         )
-        return _Creation(cls, creation)
+
+        async def factory() -> S:
+            return cls(await creation)
+
+        return Creation(factory)
 
     @classmethod
     def pool(
