@@ -48,7 +48,7 @@ def build_floor() -> Path:
     # half-written binary.
     tmp = _BUILD_DIR / f"floor.{os.getpid()}.tmp"
     cc = shlex.split(os.environ.get("CC", "gcc"))
-    cmd = [*cc, *_CFLAGS, "-o", str(tmp), str(FLOOR_SOURCE), "-lpthread"]
+    cmd = [*cc, *_CFLAGS, "-o", str(tmp), str(FLOOR_SOURCE), "-lpthread", "-lrt"]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     except OSError as exc:

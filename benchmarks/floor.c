@@ -15,6 +15,11 @@
  *   floor kill N               pthread_kill -> KVM_RUN returning EINTR
  *   floor deadline N DELAY_US  absolute-time sleep, then kill: deadline -> the
  *                              sleeper has seen the vCPU stop
+ *   floor timer N DELAY_US     a kernel timer (timer_create, CLOCK_MONOTONIC,
+ *                              SIGEV_THREAD_ID) signals the thread inside
+ *                              KVM_RUN at an absolute deadline: deadline ->
+ *                              EINTR observed on that thread (p50, p99), and
+ *                              deadline -> a waiting thread has seen the stop
  *
  * Each subcommand prints one line of JSON on stdout. Latencies are
  * per-iteration samples from clock_gettime(CLOCK_MONOTONIC), summarised by
@@ -23,7 +28,7 @@
  * The VM (a CPL3 guest looping on `out`) is set up by floor_vm.h, which
  * rawkvm.c shares.
  *
- * Build: gcc -O2 -o floor floor.c -lpthread   (floor_vm.h beside it)
+ * Build: gcc -O2 -o floor floor.c -lpthread -lrt   (floor_vm.h beside it)
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -539,6 +544,105 @@ static void run_kills(size_t n, uint64_t delay_ns)
     free(samples);
 }
 
+/*
+ * timer N DELAY_US: the mechanism aionub's kernel deadlines use, raw. The
+ * vCPU thread arms a POSIX timer aimed at itself (SIGEV_THREAD_ID, the
+ * no-op SIGRTMIN handler) at an absolute CLOCK_MONOTONIC deadline DELAY_US
+ * ahead and enters the spinning guest; the timer's signal makes KVM_RUN
+ * return EINTR. Samples: deadline -> EINTR observed on the vCPU thread
+ * (the floor of any deadline enforced by the kernel), and deadline -> the
+ * waiting main thread has seen the stop (futex wake-up included).
+ */
+#ifndef sigev_notify_thread_id
+#define sigev_notify_thread_id _sigev_un._tid
+#endif
+
+struct timer_ctx {
+    struct kill_ctx k;
+    uint64_t delay_ns;
+    uint64_t deadline_ns; /* of the current round; read after STOPPED */
+};
+
+static void *timer_vcpu_main(void *arg)
+{
+    struct timer_ctx *tc = arg;
+    struct kill_ctx *k = &tc->k;
+    struct sigevent sev;
+    memset(&sev, 0, sizeof(sev));
+    sev.sigev_notify = SIGEV_THREAD_ID;
+    sev.sigev_signo = SIGRTMIN;
+    sev.sigev_notify_thread_id = (pid_t)syscall(SYS_gettid);
+    timer_t timer;
+    if (timer_create(CLOCK_MONOTONIC, &sev, &timer) != 0)
+        die("timer_create failed: %s", strerror(errno));
+    for (size_t i = 0; i < k->rounds; i++) {
+        enum kill_state s;
+        while ((s = get_state(k)) != KILL_IDLE) /* the main thread's "go" */
+            futex_wait(&k->state, s, 0);
+        set_state(k, KILL_RUNNING);
+        vcpu_set_regs(&k->vm, GUEST_SPIN_ADDR, 0);
+        __atomic_store_n(&k->vm.run->immediate_exit, 0, __ATOMIC_RELAXED);
+        uint64_t deadline = now_ns() + tc->delay_ns;
+        struct itimerspec its = { .it_value = { .tv_sec = deadline / 1000000000ull,
+                                                .tv_nsec = deadline % 1000000000ull } };
+        if (timer_settime(timer, TIMER_ABSTIME, &its, NULL) != 0)
+            die("timer_settime failed: %s", strerror(errno));
+        tc->deadline_ns = deadline;
+        int rc = ioctl(k->vm.vcpu_fd, KVM_RUN, NULL);
+        uint64_t t = now_ns();
+        if (rc == 0)
+            die_bad_exit(&k->vm);
+        if (errno != EINTR)
+            die("KVM_RUN failed: %s", strerror(errno));
+        k->eintr_ns = t;
+        set_state(k, KILL_STOPPED);
+    }
+    timer_delete(timer);
+    return NULL;
+}
+
+static void run_timer(size_t n, uint64_t delay_ns)
+{
+    const size_t warmup = 3;
+    struct timer_ctx tc;
+    uint64_t *eintr = alloc_samples(n);
+    uint64_t *seen = alloc_samples(n);
+
+    install_kick_handler();
+    memset(&tc, 0, sizeof(tc));
+    atomic_init(&tc.k.state, KILL_STOPPED);
+    tc.k.rounds = warmup + n;
+    tc.delay_ns = delay_ns;
+    vm_setup(&tc.k.vm, DEFAULT_MEM_MIB * MIB);
+    vm_run_expect_out(&tc.k.vm);
+
+    pthread_t tid;
+    int err = pthread_create(&tid, NULL, timer_vcpu_main, &tc);
+    if (err)
+        die("pthread_create failed: %s", strerror(err));
+    for (size_t i = 0; i < tc.k.rounds; i++) {
+        set_state(&tc.k, KILL_IDLE); /* go */
+        enum kill_state s;
+        while ((s = get_state(&tc.k)) != KILL_STOPPED)
+            futex_wait(&tc.k.state, s, 0);
+        uint64_t t = now_ns();
+        if (i >= warmup) {
+            eintr[i - warmup] = tc.k.eintr_ns - tc.deadline_ns;
+            seen[i - warmup] = t - tc.deadline_ns;
+        }
+    }
+    pthread_join(tid, NULL);
+
+    struct summary e = summarise(eintr, n), w = summarise(seen, n);
+    char extra[160];
+    snprintf(extra, sizeof(extra), ", \"seen_p50_us\": %.3f, \"seen_p99_us\": %.3f",
+             w.p50_us, w.p99_us);
+    print_summary("timer", n, &e, extra);
+    vm_destroy(&tc.k.vm);
+    free(eintr);
+    free(seen);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Command line                                                             */
 /* ------------------------------------------------------------------------ */
@@ -553,7 +657,8 @@ static void usage(void)
             "             (MEM_MIB: multiple of 2, default %llu; the guest writes to\n"
             "              TOUCH_PAGES pages before its first exit, default 0)\n"
             "       floor kill N\n"
-            "       floor deadline N DELAY_US\n",
+            "       floor deadline N DELAY_US\n"
+            "       floor timer N DELAY_US\n",
             DEFAULT_MEM_MIB);
     exit(2);
 }
@@ -624,6 +729,12 @@ int main(int argc, char **argv)
         size_t delay_us = parse_count(argv[3], "DELAY_US", 100, 10000000);
         kvm_open();
         run_kills(n, (uint64_t)delay_us * 1000ull);
+    } else if (strcmp(cmd, "timer") == 0) {
+        expect_argc(argc, 4, 4);
+        size_t n = parse_count(argv[2], "N", 1, 100000);
+        size_t delay_us = parse_count(argv[3], "DELAY_US", 100, 10000000);
+        kvm_open();
+        run_timer(n, (uint64_t)delay_us * 1000ull);
     } else {
         fprintf(stderr, "floor: unknown subcommand '%s'\n", cmd);
         usage();

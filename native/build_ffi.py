@@ -20,6 +20,7 @@ SOURCES = [
     "vm.c",
     "vcpu.c",
     "sysfast.c",
+    "limits.c",
     "vcpustate.c",
     "sandbox.c",
     "snapshot.c",
@@ -42,7 +43,7 @@ ffibuilder.set_source(
     sources=[str(NATIVE / name) for name in SOURCES],
     include_dirs=[str(NATIVE / "include"), str(NATIVE)],
     extra_compile_args=["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
-    libraries=["pthread"],
+    libraries=["pthread", "rt"],
 )
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <time.h>
 
 #include "aionub/abi.h"
 #include "aionub/host.h"
@@ -139,11 +140,47 @@ struct ab_counters;
 int kick_signal_ensure(int signo, struct ab_counters *counters);
 /* The calling thread is a vCPU thread: kicks aimed at it are ours. */
 void kick_signal_mark_vcpu_thread(void);
+/* The calling vCPU thread's limits: timer signals carrying the address of
+ * one of their tags are the call's deadline or CPU budget expiring. */
+struct ab_limits;
+void kick_signal_set_limits(struct ab_limits *limits);
+
+/* ---- limits.c: a call's deadline and CPU-time budget (kernel timers) -------
+ * deadline_ns and cpu_ns are written by the submitter before a CALL
+ * command (ordered by the command's seq_cst store) and read by the vCPU
+ * thread; everything else belongs to the vCPU thread, except `armed` and
+ * `outcome`, which its signal handler also touches. */
+struct ab_limits {
+    uint64_t deadline_ns;     /* CLOCK_MONOTONIC, absolute; 0 = none        */
+    uint64_t cpu_ns;          /* CPU-time budget; 0 = none                  */
+    struct ab_sandbox *sb;
+    struct ab_interrupt *ih;
+    timer_t wall, cpu;
+    bool have_wall, have_cpu; /* created (lazily, on the vCPU thread)       */
+    bool active;              /* a call with limits is in progress          */
+    uint64_t cpu_left_ns;     /* budget left while paused                   */
+    uint64_t cpu_since_ns;    /* thread CPU clock when last (re)armed       */
+    uint64_t cpu_used_ns;     /* CPU time the guest used in this call       */
+    _Atomic bool armed;       /* the handler acts on our timers' signals    */
+    _Atomic uint32_t outcome; /* 0, AB_EV_TIMEOUT or AB_EV_CPU_TIMEOUT      */
+    char wall_tag, cpu_tag;   /* their addresses identify the two timers    */
+};
+struct ab_sandbox;
+void limits_bind_thread(struct ab_sandbox *sb);  /* on the vCPU thread     */
+/* At a CALL: arm what the call asked for. 0, or -errno with *what set. */
+int limits_begin(struct ab_sandbox *sb, const char **what);
+void limits_pause(struct ab_sandbox *sb);  /* an event Python answers      */
+int limits_resume(struct ab_sandbox *sb);  /* RESUME after it              */
+void limits_end(struct ab_sandbox *sb);    /* the call's last event        */
+uint32_t limits_outcome(struct ab_sandbox *sb); /* why CANCEL was set, or 0 */
+void limits_free(struct ab_sandbox *sb);
+/* From the kick signal's handler: `tag` identifies the timer. */
+void limits_expired(struct ab_limits *l, const void *tag);
 
 /* ---- stats ------------------------------------------------------------------ */
 struct ab_counters {
     _Atomic uint64_t calls, runs, cancellations, signals_sent, stale_kicks,
-        handler_reinstalls, sys_fast;
+        handler_reinstalls, sys_fast, timeouts, cpu_timeouts;
 };
 extern struct ab_counters ab_process_counters;
 #define AB_COUNT(sb, field)                                                   \
@@ -206,6 +243,7 @@ struct ab_sandbox {
     uint32_t inject_unsettled;
     uint64_t rebuilds;        /* VMs rebuilt by restore (stats)             */
     struct ab_counters counters;
+    struct ab_limits limits;  /* the current call's deadline and budget     */
     int inject_create_failure; /* AB_CREATE_FAIL_* or 0 (fault injection) */
 };
 

@@ -27,6 +27,7 @@ void memory_unmap(struct ab_sandbox *sb)
 
 static void free_sandbox(struct ab_sandbox *sb)
 {
+    limits_free(sb);
     vm_destroy(sb);
     memory_unmap(sb);
     if (sb->ih)
@@ -198,7 +199,26 @@ int ab_sandbox_submit(ab_sandbox *sb, uint32_t cmd, int notify_fd)
         return -EINVAL;
     if (!sb->started)
         return -ENOTCONN;
+    if (cmd == AB_CMD_CALL) { /* no limits: see ab_sandbox_submit_call() */
+        if (atomic_load(&sb->pending))
+            return -EBUSY;
+        sb->limits.deadline_ns = sb->limits.cpu_ns = 0;
+    }
     return submit(sb, cmd, notify_fd);
+}
+
+int ab_sandbox_submit_call(ab_sandbox *sb, uint64_t deadline_ns,
+                           uint64_t cpu_ns, int notify_fd)
+{
+    if (!sb->started)
+        return -ENOTCONN;
+    if (atomic_load(&sb->pending))
+        return -EBUSY;
+    /* Read by the vCPU thread after it sees the command (send_command's
+     * seq_cst store orders them). */
+    sb->limits.deadline_ns = deadline_ns;
+    sb->limits.cpu_ns = cpu_ns;
+    return submit(sb, AB_CMD_CALL, notify_fd);
 }
 
 int ab_sandbox_submit_snapshot(ab_sandbox *sb, uint64_t input_used,
@@ -313,6 +333,9 @@ static void read_counters(const struct ab_counters *c, struct ab_stats *out)
     out->handler_reinstalls =
         atomic_load_explicit(&c->handler_reinstalls, memory_order_relaxed);
     out->sys_fast = atomic_load_explicit(&c->sys_fast, memory_order_relaxed);
+    out->timeouts = atomic_load_explicit(&c->timeouts, memory_order_relaxed);
+    out->cpu_timeouts =
+        atomic_load_explicit(&c->cpu_timeouts, memory_order_relaxed);
 }
 
 void ab_sandbox_stats(ab_sandbox *sb, struct ab_stats *out)

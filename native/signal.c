@@ -18,7 +18,9 @@
  *    handler that was installed before ours (or found in our place at a
  *    re-install) is kept, and every signal that is not a kick is forwarded
  *    to it. A kick is a signal that arrives on a vCPU thread, sent by
- *    tgkill() (si_code SI_TKILL) from this process (si_pid == getpid()).
+ *    tgkill() (si_code SI_TKILL) from this process (si_pid == getpid()),
+ *    or the expiry of one of that thread's call-limit timers (SI_TIMER,
+ *    si_value naming the timer; limits.c), which acts like a kill().
  *    When there is no function handler to forward to (SIG_DFL or SIG_IGN
  *    was installed before ours), a foreign signal is ignored.
  *
@@ -66,6 +68,15 @@ static _Thread_local bool on_vcpu_thread
 
 void kick_signal_mark_vcpu_thread(void) { on_vcpu_thread = true; }
 
+/* The vCPU thread's call limits (limits.c), whose timers signal it. */
+static _Thread_local struct ab_limits *thread_limits
+    __attribute__((tls_model("initial-exec")));
+
+void kick_signal_set_limits(struct ab_limits *limits)
+{
+    thread_limits = limits;
+}
+
 /* Async-signal-safe: getpid(), an atomic load, and the chained handler. */
 static void kick_handler(int signo, siginfo_t *info, void *ctx)
 {
@@ -73,6 +84,15 @@ static void kick_handler(int signo, siginfo_t *info, void *ctx)
     if (on_vcpu_thread && info && info->si_code == SI_TKILL &&
         info->si_pid == getpid())
         return;
+    /* One of this thread's call-limit timers (limits.c): it acts as a
+     * kill() would. Any other timer's signal is foreign. */
+    struct ab_limits *limits = thread_limits;
+    if (on_vcpu_thread && limits && info && info->si_code == SI_TIMER &&
+        (info->si_value.sival_ptr == &limits->wall_tag ||
+         info->si_value.sival_ptr == &limits->cpu_tag)) {
+        limits_expired(limits, info->si_value.sival_ptr);
+        return;
+    }
     /* Acquire: pairs with the Release in publish(); the struct's fields
      * are visible. */
     const struct chained *c = atomic_load_explicit(

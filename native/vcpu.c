@@ -20,6 +20,11 @@
  *
  * The timing points T1..T6 are the ones docs/cancellation.md refers to.
  * Hot path per call: one FUTEX_WAIT return, one KVM_RUN, one write().
+ * Limits: a CALL arms the call's deadline and CPU budget (limits.c); an
+ * event Python answers pauses the budget and RESUME re-arms it; the call's
+ * last event disarms both. An expiring timer signals this thread, whose
+ * handler sets CANCEL and immediate_exit like a kill(), so T2 and T5 see
+ * it; the event is then TIMEOUT or CPU_TIMEOUT instead of CANCELLED.
  * [T7] A fast system request (sysfast.c: clock, random, FS base) is served
  * here and the loop goes back to T2, which re-checks CANCEL exactly as for
  * a stale kick: a kill that lands while the reply is written is seen there
@@ -283,8 +288,54 @@ static void run_until_event(struct ab_sandbox *sb)
             break;
         AB_COUNT(sb, stale_kicks); /* stale: re-enter the guest */
     }
-    ev->kind = AB_EV_CANCELLED;
-    AB_COUNT(sb, cancellations);
+    /* CANCEL came from a kill(), or from one of the call's limit timers,
+     * which record why (limits.c). */
+    uint32_t why = limits_outcome(sb);
+    ev->kind = why ? why : AB_EV_CANCELLED;
+    if (why == AB_EV_TIMEOUT)
+        AB_COUNT(sb, timeouts);
+    else if (why == AB_EV_CPU_TIMEOUT)
+        AB_COUNT(sb, cpu_timeouts);
+    else
+        AB_COUNT(sb, cancellations);
+}
+
+/* Whether the call goes on after this event (Python answers it and
+ * resumes) or this is its last one. */
+static bool call_goes_on(uint32_t kind)
+{
+    return kind == AB_EV_HOSTCALL || kind == AB_EV_LOG || kind == AB_EV_SYS;
+}
+
+/* After an event of a call, before it is published: pause the CPU budget
+ * while Python works, or disarm the limits for good. */
+static void settle_limits(struct ab_sandbox *sb)
+{
+    struct ab_event *ev = &sb->event;
+    if (call_goes_on(ev->kind)) {
+        limits_pause(sb);
+        return;
+    }
+    limits_end(sb);
+    if (ev->kind == AB_EV_TIMEOUT || ev->kind == AB_EV_CPU_TIMEOUT)
+        ev->detail = sb->limits.cpu_used_ns;
+}
+
+/* Arm (CALL) or re-arm (RESUME) the call's limits; false, with the event
+ * published, if that failed and the guest must not run. */
+static bool start_limits(struct ab_sandbox *sb, uint32_t cmd)
+{
+    const char *what = "timer_settime(CPU budget)";
+    int rc = cmd == AB_CMD_CALL ? limits_begin(sb, &what) : limits_resume(sb);
+    if (rc == 0)
+        return true;
+    limits_end(sb);
+    memset(&sb->event, 0, sizeof sb->event);
+    event_vm_error(&sb->event, 0, -rc, 0,
+                   "cannot enforce the call's limits: %s failed: %s", what,
+                   strerror(-rc));
+    publish(sb);
+    return false;
 }
 
 void *vcpu_thread_main(void *arg)
@@ -300,6 +351,7 @@ void *vcpu_thread_main(void *arg)
     kick_signal_mark_vcpu_thread();
     /* The thread owns the vCPU for the sandbox's whole life. */
     interrupt_set_tid(sb->ih);
+    limits_bind_thread(sb);
 
     for (;;) {
         uint32_t cmd = wait_command(sb);
@@ -323,8 +375,11 @@ void *vcpu_thread_main(void *arg)
                 publish(sb);
                 continue;
             }
-        } else if (cmd == AB_CMD_CALL) {
-            AB_COUNT(sb, calls);
+        } else if (cmd == AB_CMD_CALL || cmd == AB_CMD_RESUME) {
+            if (cmd == AB_CMD_CALL)
+                AB_COUNT(sb, calls);
+            if (sb->run && !start_limits(sb, cmd))
+                continue;
         } else if (cmd == AB_CMD_SNAPSHOT || cmd == AB_CMD_RESTORE) {
             memset(&sb->event, 0, sizeof sb->event);
             if (cmd == AB_CMD_SNAPSHOT)
@@ -340,6 +395,7 @@ void *vcpu_thread_main(void *arg)
             continue;
         }
         run_until_event(sb);
+        settle_limits(sb);
         publish(sb);
     }
     return NULL;

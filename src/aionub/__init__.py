@@ -13,6 +13,7 @@ from ._build import BuildError as BuildError, build_guest as build_guest
 from ._config import SandboxConfig as SandboxConfig
 from ._exceptions import (
     CallTimeout as CallTimeout,
+    CpuTimeout as CpuTimeout,
     ExecutionCancelled as ExecutionCancelled,
     GuestAborted as GuestAborted,
     GuestFault as GuestFault,
@@ -47,6 +48,7 @@ __version__ = "0.1.0"
 __all__ = (
     "BuildError",
     "CallTimeout",
+    "CpuTimeout",
     "DEMO_GUEST",
     "ExecutionCancelled",
     "GuestAborted",

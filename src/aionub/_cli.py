@@ -17,6 +17,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from ._limits import MAX_CPU_TIMEOUT
+
 __all__ = ("main", "parse_value", "to_json")
 
 # Exit codes of `inspect` and `call`: 0 success, 1 the guest or the sandbox
@@ -69,6 +71,26 @@ def _timeout(text: str) -> float | None:
     if math.isnan(value) or value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 (no limit) or a positive number of seconds, got {text!r}")
     return value or None
+
+
+def _cpu_timeout(text: str) -> float | None:
+    """--cpu-timeout: seconds of CPU time, 0 for no limit."""
+    value = _timeout(text)
+    if value is not None and value > MAX_CPU_TIMEOUT:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_CPU_TIMEOUT:g} seconds, got {text!r}")
+    return value
+
+
+def _add_limits(parser: argparse.ArgumentParser, what: str) -> None:
+    """--timeout and --cpu-timeout, the limits of Sandbox.call."""
+    parser.add_argument(
+        "--timeout", type=_timeout, default=DEFAULT_TIMEOUT, metavar="S",
+        help=f"stop the {what} after S seconds (default {DEFAULT_TIMEOUT:g}; 0: no limit)",
+    )
+    parser.add_argument(
+        "--cpu-timeout", type=_cpu_timeout, default=None, metavar="S",
+        help=f"stop the {what} once it has used S seconds of CPU time (default: no limit)",
+    )
 
 
 def _positive_float(text: str) -> float:
@@ -178,10 +200,7 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument("function", metavar="FUNCTION", help="name of the guest function")
     # default=[]: without it argparse lists ARG as missing when FUNCTION is.
     call.add_argument("args", metavar="ARG", nargs="*", default=[], help="argument as a JSON value (see below)")
-    call.add_argument(
-        "--timeout", type=_timeout, default=DEFAULT_TIMEOUT, metavar="S",
-        help=f"stop the guest after S seconds (default {DEFAULT_TIMEOUT:g}; 0: no limit)",
-    )
+    _add_limits(call, "guest")
 
     run = sub.add_parser(
         "run",
@@ -194,10 +213,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("guest", metavar="GUEST", help="path of a guest ELF with a main()")
     run.add_argument("args", metavar="ARG", nargs="*", default=[], help="argument for the guest's argv")
-    run.add_argument(
-        "--timeout", type=_timeout, default=DEFAULT_TIMEOUT, metavar="S",
-        help=f"stop the guest after S seconds (default {DEFAULT_TIMEOUT:g}; 0: no limit)",
-    )
+    _add_limits(run, "guest")
     for lang, title in (("js", "JavaScript (QuickJS)"), ("lua", "Lua 5.4")):
         script = sub.add_parser(
             lang,
@@ -210,10 +226,7 @@ def _parser() -> argparse.ArgumentParser:
         source = script.add_mutually_exclusive_group(required=True)
         source.add_argument("-e", "--eval", dest="code", metavar="CODE", help="the code to evaluate")
         source.add_argument("file", nargs="?", metavar="FILE", help="a file of code ('-': stdin)")
-        script.add_argument(
-            "--timeout", type=_timeout, default=DEFAULT_TIMEOUT, metavar="S",
-            help=f"stop the script after S seconds (default {DEFAULT_TIMEOUT:g}; 0: no limit)",
-        )
+        _add_limits(script, "script")
     return parser
 
 
@@ -236,7 +249,7 @@ def _script(args: argparse.Namespace) -> int:
 
     async def evaluate() -> Any:
         async with cls.create() as sb:
-            return await sb.eval(code, timeout=args.timeout)
+            return await sb.eval(code, timeout=args.timeout, cpu_timeout=args.cpu_timeout)
 
     try:
         with _guest_log_on_stderr():
@@ -339,7 +352,7 @@ def _call(args: argparse.Namespace) -> int:
 
     async def call() -> Any:
         async with Sandbox.create(_guest_path(args.guest)) as sb:
-            return await sb.call(args.function, *values, timeout=args.timeout)
+            return await sb.call(args.function, *values, timeout=args.timeout, cpu_timeout=args.cpu_timeout)
 
     try:
         with _guest_log_on_stderr():
@@ -371,7 +384,7 @@ def _run(args: argparse.Namespace) -> int:
     async def run() -> RunResult:
         async with Sandbox.create(_guest_path(args.guest)) as sb:
             argv = [os.path.basename(args.guest), *args.args]
-            return await sb.run(argv, stdin=_stdin_bytes(), timeout=args.timeout)
+            return await sb.run(argv, stdin=_stdin_bytes(), timeout=args.timeout, cpu_timeout=args.cpu_timeout)
 
     try:
         with _guest_log_on_stderr():

@@ -9,6 +9,7 @@ import signal
 from dataclasses import dataclass
 from typing import Any
 
+from ._limits import check_cpu_timeout
 from ._native import ffi
 
 __all__ = ("SandboxConfig",)
@@ -50,6 +51,10 @@ class SandboxConfig:
     max_output_bytes: int = 1 * MiB
     #: The vCPU thread polls this long for the next command before sleeping.
     spin_time: float = 0.0
+    #: The default CPU-time budget of every call and run (seconds of CPU
+    #: time the guest uses, host functions not counted; None: no budget).
+    #: ``cpu_timeout=`` on a call overrides it; CpuTimeout when it runs out.
+    cpu_timeout: float | None = None
 
     @classmethod
     def from_kwargs(cls, options: dict[str, Any]) -> SandboxConfig:
@@ -82,6 +87,7 @@ class SandboxConfig:
             if not (low_ok and value <= upper) or math.isnan(value):
                 low = "[0" if name == "spin_time" else "(0"
                 raise ValueError(f"{name} must be in {low}, {upper}] seconds, got {value}")
+        check_cpu_timeout(self.cpu_timeout)
         offset = self.sig_rt_min_offset
         if not isinstance(offset, int) or isinstance(offset, bool):
             raise TypeError(f"sig_rt_min_offset must be an int, not {type(offset).__name__}")

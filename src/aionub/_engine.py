@@ -21,7 +21,6 @@ from ._binding import Binding, Deferred, deliver, new_binding, running_loop, sle
 from ._config import SandboxConfig
 from ._errors import event_error
 from ._exceptions import (
-    CallTimeout,
     GuestProtocolError,
     InvalidGuest,
     SandboxClosed,
@@ -29,14 +28,16 @@ from ._exceptions import (
 )
 from ._hostcalls import GuestServices, HostFunction
 from ._lifecycle import Lifecycle, State
+from ._limits import CallLimits
 from ._native import (
-    CMD_CALL,
     CMD_RESUME,
+    EV_CPU_TIMEOUT,
     EV_HOSTCALL,
     EV_LOG,
     EV_READY,
     EV_RESULT,
     EV_SYS,
+    EV_TIMEOUT,
     NativeSandbox,
     lib,
 )
@@ -70,7 +71,7 @@ def fork_generation() -> int:
 class Engine:
     __slots__ = (
         "native", "ih", "config", "lifecycle", "binding", "services", "functions", "has_main",
-        "input_used", "deadline", "label", "generation", "at_snapshot", "boot_snapshot",
+        "input_used", "limits", "label", "generation", "at_snapshot", "boot_snapshot",
         "image_sha256", "counted",
     )
 
@@ -97,7 +98,7 @@ class Engine:
         # High-water mark of the host's writes into the input buffer since
         # the last snapshot/restore (KVM's dirty log does not see them).
         self.input_used = 0
-        self.deadline: float | None = None  # loop time at which the call times out
+        self.limits: CallLimits | None = None  # those of the call in progress
         self.generation = _fork_generation
         # The native snapshot that guest state equals, if no call has run
         # since it was taken or restored (the pool re-issues a sandbox only
@@ -198,12 +199,12 @@ class Engine:
 
     # ---- calls --------------------------------------------------------------------------
 
-    async def call(self, binding: Binding, fn: GuestFunction, request: bytes, deadline: float | None) -> Any:
+    async def call(self, binding: Binding, fn: GuestFunction, request: bytes, limits: CallLimits) -> Any:
         """One call; the caller holds ``binding.lock``."""
         self.lifecycle.begin(f"{fn.name}()")
         self.at_snapshot = None
         try:
-            native = await self.exchange(binding, request, deadline, None, f"{fn.name}()")
+            native = await self.exchange(binding, request, limits, None, f"{fn.name}()")
             try:
                 value = decode_result(fn, native.output, native.event.length, self.label)
             except GuestProtocolError as exc:
@@ -218,7 +219,7 @@ class Engine:
     # ---- runs ---------------------------------------------------------------------------
 
     async def run(
-        self, binding: Binding, args: tuple[str, ...], request: bytes, stdin: bytes, deadline: float | None
+        self, binding: Binding, args: tuple[str, ...], request: bytes, stdin: bytes, limits: CallLimits
     ) -> RunResult:
         """One run of main(); the caller holds ``binding.lock``. Restores
         the boot snapshot first unless the sandbox is exactly at it (which
@@ -231,7 +232,7 @@ class Engine:
         self.at_snapshot = None
         io = RunIO(stdin, self.config.max_output_bytes)
         try:
-            native = await self.exchange(binding, request, deadline, io, what)
+            native = await self.exchange(binding, request, limits, io, what)
             try:
                 code = decode_exit(native.output, native.event.length, args[0])
             except GuestProtocolError as exc:
@@ -246,19 +247,20 @@ class Engine:
             self.lifecycle.end()
 
     async def exchange(
-        self, binding: Binding, request: bytes, deadline: float | None, io: RunIO | None, what: str
+        self, binding: Binding, request: bytes, limits: CallLimits, io: RunIO | None, what: str
     ) -> NativeSandbox:
         """Write a call or run request, run the guest until its RESULT and
         return the native sandbox, whose output buffer holds the record. The
-        caller holds ``binding.lock`` and has begun the lifecycle command."""
+        caller holds ``binding.lock`` and has begun the lifecycle command.
+        The C core enforces ``limits`` (native/limits.c)."""
         native = self.native
         assert native is not None
         native.input[: len(request)] = request
         if len(request) > self.input_used:
             self.input_used = len(request)
-        self.deadline = deadline
+        self.limits = limits
         self.services.begin_call(io)
-        binding.submit(lib.ab_sandbox_submit, CMD_CALL)
+        binding.submit(lib.ab_sandbox_submit_call, limits.deadline_ns, limits.cpu_ns)
         if await self.drive(binding, what) != EV_RESULT:
             # drive() also returns on READY, which only creation expects:
             # a guest that signals READY again mid-call broke the protocol
@@ -295,6 +297,12 @@ class Engine:
                 elif kind == EV_SYS:
                     await services.sys.serve(native.output, native.event.length)
                     await self._check_deadline(binding, what)
+                elif kind == EV_TIMEOUT and self.limits is not None and self.limits.timeout is not None:
+                    self.poison(self.limits.poison_reason(what))
+                    raise self.limits.timeout_error(what)
+                elif kind == EV_CPU_TIMEOUT and self.limits is not None and self.limits.cpu_timeout is not None:
+                    self.poison(self.limits.poison_reason(what, cpu=True))
+                    raise self.limits.cpu_error(what, int(native.event.detail))
                 else:
                     raise self._event_error(kind)
                 if self.lifecycle.is_closed:
@@ -317,8 +325,9 @@ class Engine:
         the host worked for the guest (a sync host function blocking the
         loop, a system request) takes effect here: the guest is never
         resumed after it."""
-        if self.deadline is not None and now() >= self.deadline:
-            raise CallTimeout(f"{what} did not finish within its timeout; the guest was stopped")
+        limits = self.limits
+        if limits is not None and limits.loop_deadline is not None and now() >= limits.loop_deadline:
+            raise limits.timeout_error(what)
         await binding.checkpoint_if_cancelled()
 
     def _event_error(self, kind: int) -> SandboxError:

@@ -12,6 +12,7 @@ __all__ = (
     "SandboxClosed",
     "SandboxPoisoned",
     "CallTimeout",
+    "CpuTimeout",
     "ExecutionCancelled",
     "GuestAborted",
     "GuestFault",
@@ -59,6 +60,23 @@ class SandboxPoisoned(SandboxError):
 class CallTimeout(SandboxError, TimeoutError):
     """The ``timeout=`` of :meth:`Sandbox.call` expired. The guest was stopped
     before this was raised and the sandbox is poisoned."""
+
+
+class CpuTimeout(CallTimeout):
+    """The call used up its CPU-time budget (``cpu_timeout=``, or the
+    sandbox's ``cpu_timeout`` option): the guest had run for that much CPU
+    time, time in host functions not counted. The guest was stopped before
+    this was raised and the sandbox is poisoned.
+
+    ``cpu_timeout`` is the budget and ``cpu_time`` the CPU time the guest
+    actually used in the call (both seconds); the kernel checks CPU-time
+    timers at its clock tick, so ``cpu_time`` exceeds the budget by up to
+    about a tick (docs/cancellation.md)."""
+
+    def __init__(self, message: str, *, cpu_timeout: float, cpu_time: float) -> None:
+        super().__init__(message)
+        self.cpu_timeout = cpu_timeout
+        self.cpu_time = cpu_time
 
 
 class ExecutionCancelled(SandboxError):

@@ -28,13 +28,16 @@ EV_SNAPSHOT = lib.AB_EV_SNAPSHOT
 EV_RESTORED = lib.AB_EV_RESTORED
 EV_TORN_DOWN = lib.AB_EV_TORN_DOWN
 EV_SYS = lib.AB_EV_SYS
+EV_TIMEOUT = lib.AB_EV_TIMEOUT
+EV_CPU_TIMEOUT = lib.AB_EV_CPU_TIMEOUT
 CMD_CALL = lib.AB_CMD_CALL
 CMD_RESUME = lib.AB_CMD_RESUME
 EXIT_SHUTDOWN = lib.AB_EXIT_SHUTDOWN
 EAGAIN = -errno.EAGAIN
 
 STATS_FIELDS = (
-    "calls", "runs", "cancellations", "signals_sent", "stale_kicks", "handler_reinstalls", "sys_fast",
+    "calls", "runs", "cancellations", "signals_sent", "stale_kicks", "handler_reinstalls", "sys_fast", "timeouts",
+    "cpu_timeouts",
 )
 
 

@@ -160,10 +160,12 @@ class SandboxPool:
         """``async with pool.acquire() as sandbox: ...``"""
         return _Checkout(self)
 
-    async def call(self, name: str, /, *args: Any, timeout: float | None = None) -> Any:
+    async def call(
+        self, name: str, /, *args: Any, timeout: float | None = None, cpu_timeout: float | None = None
+    ) -> Any:
         """``Sandbox.call`` on a sandbox of the pool (acquired, then reset)."""
         async with self.acquire() as sandbox:
-            return await sandbox.call(name, *args, timeout=timeout)
+            return await sandbox.call(name, *args, timeout=timeout, cpu_timeout=cpu_timeout)
 
     async def run(
         self,
@@ -172,10 +174,11 @@ class SandboxPool:
         stdin: bytes | str = b"",
         env: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        cpu_timeout: float | None = None,
     ) -> RunResult:
         """``Sandbox.run`` on a sandbox of the pool (acquired, then reset)."""
         async with self.acquire() as sandbox:
-            return await sandbox.run(argv, stdin=stdin, env=env, timeout=timeout)
+            return await sandbox.run(argv, stdin=stdin, env=env, timeout=timeout, cpu_timeout=cpu_timeout)
 
     @property
     def size(self) -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
-import math
 import os
 import warnings
 from collections.abc import Callable, Coroutine, Generator, Mapping, Sequence
@@ -28,6 +27,7 @@ from ._exceptions import CallTimeout, GuestFunctionNotFound, InvalidGuest
 from ._hostcalls import HostFunction, check_host_functions
 from ._interrupt import InterruptHandle
 from ._lifecycle import State
+from ._limits import CallLimits, check_cpu_timeout, check_seconds
 from ._native import NativeSandbox
 from ._run import RunResult, check_argv, check_env, check_stdin, encode_run
 from ._snapshot import Snapshot
@@ -73,16 +73,6 @@ def read_guest(guest: object, name: str | None = None) -> tuple[bytes, str]:
 def _program_name(label: str) -> str:
     """argv[0] when the caller gives none: the guest's file name (or name)."""
     return "guest" if label.startswith("bytes:") else os.path.basename(label) or label
-
-
-def _check_timeout(timeout: object) -> float | None:
-    if timeout is None:
-        return None
-    if not isinstance(timeout, int | float) or isinstance(timeout, bool):
-        raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
-    if math.isnan(timeout) or timeout < 0:
-        raise ValueError(f"timeout must be a non-negative number of seconds, got {timeout}")
-    return float(timeout)
 
 
 class _Closable(Protocol):
@@ -263,21 +253,29 @@ class Sandbox:
             state = f"busy: {lifecycle.command}"
         return f"<Sandbox {self.id} {self._label} [{state}]>"
 
-    def call(self, name: str, /, *args: Any, timeout: float | None = None) -> Coroutine[Any, Any, Any]:
+    def call(
+        self, name: str, /, *args: Any, timeout: float | None = None, cpu_timeout: float | None = None
+    ) -> Coroutine[Any, Any, Any]:
         """Call the guest function ``name`` with ``args`` (int, float, bool,
-        str, bytes, None) and return its result (await it: this returns a
-        coroutine).
+        str, bytes, None, and lists and dicts of them) and return its result
+        (await it: this returns a coroutine).
 
-        ``timeout`` (seconds) stops the guest when it expires and raises
-        :class:`CallTimeout`. A cancelled task stops the guest too. In both
-        cases the vCPU has stopped before the exception reaches the caller,
-        and the sandbox is poisoned."""
+        ``timeout`` (seconds of wall-clock time, host functions included)
+        stops the guest when it expires and raises :class:`CallTimeout`;
+        ``cpu_timeout`` (seconds of CPU time the guest uses, host functions
+        not included; default: the sandbox's ``cpu_timeout`` option) raises
+        :class:`CpuTimeout`. The kernel enforces both (a timer on the vCPU
+        thread). A cancelled task stops the guest too. In every case the
+        vCPU has stopped before the exception reaches the caller, and the
+        sandbox is poisoned."""
         tel = _telemetry.hooks  # None unless telemetry is on: the only cost when it is off
         if tel is None:
-            return self._call(name, args, timeout)
-        return tel.command("call", self._engine, self.id, name, timeout, self._call(name, args, timeout))
+            return self._call(name, args, timeout, cpu_timeout)
+        return tel.command(
+            "call", self._engine, self.id, name, timeout, self._call(name, args, timeout, cpu_timeout)
+        )
 
-    async def _call(self, name: str, args: tuple[Any, ...], timeout: float | None) -> Any:
+    async def _call(self, name: str, args: tuple[Any, ...], timeout: float | None, cpu_timeout: float | None) -> Any:
         engine = self._engine
         engine.check_usable()
         fn = engine.functions.get(name) if isinstance(name, str) else None
@@ -291,17 +289,16 @@ class Sandbox:
                 f"the arguments of {name}() take {len(request)} bytes, more than the "
                 f"{engine.config.input_size}-byte input buffer (option input_size)"
             )
-        seconds = _check_timeout(timeout)
+        seconds = check_seconds("timeout", timeout)
+        cpu = engine.config.cpu_timeout if cpu_timeout is None else check_cpu_timeout(cpu_timeout)
         binding = engine.bind()
         async with binding.lock:  # asyncio.Lock: no yield when free
             if seconds is None:
-                return await engine.call(binding, fn, request, None)
-            deadline = now() + seconds
-            value, expired = await binding.with_timeout(
-                lambda: engine.call(binding, fn, request, deadline), seconds
-            )
+                return await engine.call(binding, fn, request, CallLimits(None, cpu, None))
+            limits = CallLimits(seconds, cpu, now())
+            value, expired = await binding.with_timeout(lambda: engine.call(binding, fn, request, limits), seconds)
             if expired:
-                raise self._timed_out(name, seconds)
+                raise self._timed_out(name, limits)
             return value
 
     async def run(
@@ -311,6 +308,7 @@ class Sandbox:
         stdin: bytes | str = b"",
         env: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        cpu_timeout: float | None = None,
     ) -> RunResult:
         """Run the guest's ``main(argc, argv, envp)`` like a program and
         return a :class:`RunResult` (exit status, stdout, stderr).
@@ -321,20 +319,25 @@ class Sandbox:
 
         Every run starts from the state right after start-up, like a fresh
         process: state left by earlier calls and runs is discarded, and a
-        poisoned sandbox becomes usable again. ``timeout`` and cancellation
-        stop the guest as for :meth:`call` (the sandbox is then poisoned
-        until the next run or restore). Raises GuestFunctionNotFound for a
+        poisoned sandbox becomes usable again. ``timeout``, ``cpu_timeout``
+        and cancellation stop the guest as for :meth:`call` (the sandbox is
+        then poisoned until the next run or restore). Raises GuestFunctionNotFound for a
         guest without ``main()``."""
         tel = _telemetry.hooks
         if tel is None:
-            return await self._run(argv, stdin, env, timeout)
+            return await self._run(argv, stdin, env, timeout, cpu_timeout)
         program = argv[0] if argv and isinstance(argv, Sequence) and isinstance(argv[0], str) else (
             _program_name(self._label))
         return await tel.command("run", self._engine, self.id, program, timeout,
-                                 self._run(argv, stdin, env, timeout))
+                                 self._run(argv, stdin, env, timeout, cpu_timeout))
 
     async def _run(
-        self, argv: Sequence[str], stdin: bytes | str, env: Mapping[str, str] | None, timeout: float | None
+        self,
+        argv: Sequence[str],
+        stdin: bytes | str,
+        env: Mapping[str, str] | None,
+        timeout: float | None,
+        cpu_timeout: float | None,
     ) -> RunResult:
         engine = self._engine
         engine.check_open()
@@ -351,25 +354,28 @@ class Sandbox:
                 f"the arguments and environment of the run take {len(request)} bytes, more than the "
                 f"{engine.config.input_size}-byte input buffer (option input_size)"
             )
-        seconds = _check_timeout(timeout)
+        seconds = check_seconds("timeout", timeout)
+        cpu = engine.config.cpu_timeout if cpu_timeout is None else check_cpu_timeout(cpu_timeout)
         binding = engine.bind()
         async with binding.lock:
             if seconds is None:
-                return await engine.run(binding, args, request, data, None)
-            deadline = now() + seconds
+                return await engine.run(binding, args, request, data, CallLimits(None, cpu, None))
+            limits = CallLimits(seconds, cpu, now())
             result, expired = await binding.with_timeout(
-                lambda: engine.run(binding, args, request, data, deadline), seconds
+                lambda: engine.run(binding, args, request, data, limits), seconds
             )
             if result is None or expired:
-                raise self._timed_out(f"the run of {args[0]}", seconds, call=False)
+                raise self._timed_out(f"the run of {args[0]}", limits, call=False)
             return result
 
-    def _timed_out(self, name: str, timeout: float, *, call: bool = True) -> CallTimeout:
+    def _timed_out(self, name: str, limits: CallLimits, *, call: bool = True) -> CallTimeout:
+        """The event loop's timer expired first (the kernel's deadline
+        raises from the engine): the same error."""
         lifecycle = self._engine.lifecycle
         what = f"{name}()" if call else name
         if lifecycle.poison is not None:  # not if the guest finished as the deadline hit
-            lifecycle.poison = f"{'a call to ' if call else ''}{what} timed out after {timeout} s"
-        return CallTimeout(f"{what} did not finish within {timeout:g} s; the guest was stopped")
+            lifecycle.poison = limits.poison_reason(what)
+        return limits.timeout_error(what)
 
     async def snapshot(self) -> Snapshot:
         """Capture guest memory and all vCPU state. Refused (SandboxPoisoned)

@@ -169,22 +169,29 @@ class _ScriptSandbox:
             **{**SCRIPT_DEFAULTS, **options},
         )
 
-    async def eval(self, code: str, *, timeout: float | None = None) -> Any:
+    async def eval(self, code: str, *, timeout: float | None = None, cpu_timeout: float | None = None) -> Any:
         """Evaluate ``code`` and return its value converted to Python (JS: the
         completion value; Lua: the first result, ``code`` being tried as an
         expression first). Raises :class:`ScriptError` if it raises."""
-        return _unwrap(await self.sandbox.call("eval", _check_code(code), timeout=timeout))
+        return _unwrap(
+            await self.sandbox.call("eval", _check_code(code), timeout=timeout, cpu_timeout=cpu_timeout)
+        )
 
-    async def exec(self, code: str, *, timeout: float | None = None) -> None:
+    async def exec(self, code: str, *, timeout: float | None = None, cpu_timeout: float | None = None) -> None:
         """Run ``code`` for its effects (definitions stay for later calls)."""
-        _unwrap(await self.sandbox.call("exec", _check_code(code), timeout=timeout))
+        _unwrap(await self.sandbox.call("exec", _check_code(code), timeout=timeout, cpu_timeout=cpu_timeout))
 
-    async def call(self, function: str, /, *args: Any, timeout: float | None = None) -> Any:
+    async def call(
+        self, function: str, /, *args: Any, timeout: float | None = None, cpu_timeout: float | None = None
+    ) -> Any:
         """Call the global function ``function`` with ``args`` converted to
-        the script's values; return its result converted back."""
+        the script's values; return its result converted back. ``timeout``
+        and ``cpu_timeout`` are those of :meth:`Sandbox.call`."""
         if not isinstance(function, str):
             raise TypeError(f"function must be a str, not {type(function).__name__}")
-        return _unwrap(await self.sandbox.call("call", function, list(args), timeout=timeout))
+        return _unwrap(
+            await self.sandbox.call("call", function, list(args), timeout=timeout, cpu_timeout=cpu_timeout)
+        )
 
     @property
     def poisoned(self) -> bool:

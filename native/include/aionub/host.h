@@ -33,6 +33,11 @@ typedef struct ab_interrupt ab_interrupt;
 #define AB_EV_CANCELLED 7    /* the run stopped because CANCEL was set         */
 #define AB_EV_VM_ERROR 8     /* unexpected exit or KVM failure (see fields)    */
 #define AB_EV_CREATE_FAILED 9 /* VM creation failed; error = -errno            */
+#define AB_EV_TIMEOUT 14     /* the call's deadline passed (a kernel timer set
+                                CANCEL and kicked): detail = CPU ns the
+                                guest used in the call if it had a budget  */
+#define AB_EV_CPU_TIMEOUT 15 /* the call's CPU-time budget ran out; detail =
+                                CPU ns the guest used in the call          */
 #define AB_EV_SYS 13         /* guest made a system request (AB_PORT_SYS) that
                                 the C core does not serve itself: Python
                                 writes the reply and resumes                  */
@@ -89,6 +94,8 @@ struct ab_stats {
     uint64_t sys_fast;         /* system requests the C core served on the
                                   vCPU thread (AB_SYS_CLOCK, _RANDOM, _SET_FS)
                                   without waking Python                       */
+    uint64_t timeouts;         /* calls stopped by their kernel deadline       */
+    uint64_t cpu_timeouts;     /* calls stopped by their CPU-time budget       */
 };
 
 /* Open /dev/kvm (once per process) and check the API. 0 or -errno; errbuf
@@ -136,6 +143,16 @@ struct ab_event *ab_sandbox_event(ab_sandbox *sb);
  * acknowledged yet. The creation command notifies the fd given here too. */
 int ab_sandbox_submit(ab_sandbox *sb, uint32_t cmd, int notify_fd);
 int ab_sandbox_start(ab_sandbox *sb, int notify_fd); /* run creation */
+/* Start a call (AB_CMD_CALL) with limits the kernel enforces (native/
+ * limits.c): `deadline_ns` is an absolute CLOCK_MONOTONIC time (0 = none),
+ * `cpu_ns` a budget of CPU time the guest may use in this call, host
+ * functions excluded (0 = none). When one runs out the vCPU thread stops
+ * the guest through the interrupt handle's protocol and reports
+ * AB_EV_TIMEOUT or AB_EV_CPU_TIMEOUT; a kill() that came first stays
+ * AB_EV_CANCELLED. If a timer cannot be armed the call does not start:
+ * AB_EV_VM_ERROR with the reason. */
+int ab_sandbox_submit_call(ab_sandbox *sb, uint64_t deadline_ns,
+                           uint64_t cpu_ns, int notify_fd);
 
 /* Consume the notification on `notify_fd`: returns the event kind (> 0) once
  * the vCPU thread has published the event for the last command, -EAGAIN if

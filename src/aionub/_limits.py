@@ -1,0 +1,77 @@
+"""A call's limits: its wall-clock ``timeout`` and its ``cpu_timeout`` (CPU
+time the guest may use), checked here once and enforced by the kernel.
+
+The C core arms a timer on the vCPU thread for each (native/limits.c): the
+deadline on CLOCK_MONOTONIC, the budget on the thread's CPU-time clock.
+When one runs out the guest is stopped on the spot and the vCPU thread
+reports TIMEOUT or CPU_TIMEOUT, which become :class:`CallTimeout` and
+:class:`CpuTimeout` here. The event loop keeps its own timer at the same
+deadline: for time spent in host functions (an async host function is
+cancelled by it) and as a backstop."""
+
+from __future__ import annotations
+
+import math
+import time
+
+from ._exceptions import CallTimeout, CpuTimeout
+
+__all__ = ("CallLimits", "check_seconds")
+
+#: The longest cpu_timeout: an hour, like init_timeout.
+MAX_CPU_TIMEOUT = 3600.0
+
+
+def check_seconds(name: str, value: object) -> float | None:
+    """A ``timeout``-like argument: None, or a non-negative number of seconds."""
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number of seconds or None, not {type(value).__name__}")
+    if math.isnan(value) or value < 0:
+        raise ValueError(f"{name} must be a non-negative number of seconds, got {value}")
+    return float(value)
+
+
+def check_cpu_timeout(value: object) -> float | None:
+    """``cpu_timeout``: None, or a positive number of seconds up to an hour."""
+    seconds = check_seconds("cpu_timeout", value)
+    if seconds is not None and not 0 < seconds <= MAX_CPU_TIMEOUT:
+        raise ValueError(f"cpu_timeout must be in (0, {MAX_CPU_TIMEOUT:g}] seconds, got {value}")
+    return seconds
+
+
+class CallLimits:
+    """The limits of one call or run, fixed when it starts."""
+
+    __slots__ = ("timeout", "cpu_timeout", "loop_deadline", "deadline_ns", "cpu_ns")
+
+    def __init__(self, timeout: float | None, cpu_timeout: float | None, loop_now: float | None) -> None:
+        self.timeout = timeout
+        self.cpu_timeout = cpu_timeout
+        #: The deadline on the event loop's clock (None: no timeout).
+        self.loop_deadline = None if timeout is None or loop_now is None else loop_now + timeout
+        #: The same deadline on CLOCK_MONOTONIC, for the kernel timer (0: none).
+        #: Event loops keep their own clocks (uvloop's is cached, trio's is
+        #: offset), so it is taken from the system clock, not the loop's.
+        self.deadline_ns = 0 if timeout is None else time.monotonic_ns() + max(1, round(timeout * 1e9))
+        #: The CPU-time budget in nanoseconds (0: none).
+        self.cpu_ns = 0 if cpu_timeout is None else max(1, round(cpu_timeout * 1e9))
+
+    def poison_reason(self, what: str, cpu: bool = False) -> str:
+        """Why the sandbox is poisoned after one of the limits stopped it."""
+        if cpu:
+            return f"{what} used up its CPU-time budget of {self.cpu_timeout:g} s"
+        return f"{what} timed out after {self.timeout:g} s"
+
+    def timeout_error(self, what: str) -> CallTimeout:
+        return CallTimeout(f"{what} did not finish within {self.timeout:g} s; the guest was stopped")
+
+    def cpu_error(self, what: str, used_ns: int) -> CpuTimeout:
+        used = used_ns / 1e9
+        return CpuTimeout(
+            f"{what} used up its CPU-time budget of {self.cpu_timeout:g} s "
+            f"(the guest ran for {used:.6f} s of CPU time); the guest was stopped",
+            cpu_timeout=float(self.cpu_timeout or 0.0),
+            cpu_time=used,
+        )
