@@ -33,8 +33,9 @@ of a SKU (`{"name": ..., "price": ...}`) or null; `print(...)` and
     }
 
 Every pricing request has a deadline (AIONUB_DEADLINE) that covers waiting
-for a sandbox and the call; an upload has its own (AIONUB_SETUP_DEADLINE)
-for running the rule's top level.
+for a sandbox and the call, and a CPU-time budget (AIONUB_CPU_BUDGET) for
+the rule itself; an upload has its own deadline (AIONUB_SETUP_DEADLINE) for
+running the rule's top level.
 
     status  when
     200     {"result": ...}
@@ -50,12 +51,14 @@ for running the rule's top level.
     503     every sandbox of the tenant stayed busy until the deadline
     504     price() ran past the deadline; the guest was stopped and its
             sandbox is restored before it serves again
+    429     price() used up its CPU-time budget (the rule is too costly,
+            whatever the load): {"type": "CpuTimeout", "cpu_time": ...}
 
 The deadline is wall-clock time, so a request waiting for a busy host (or
-a host function) spends it too. A CPU-time budget per request, counting
-only the guest's own CPU time, is not available yet (a `cpu_timeout`
-option is planned); until then the wall-clock deadline is what stops a
-rule that loops.
+a host function) spends it too. The CPU budget counts only the CPU time the
+rule itself uses (`cpu_timeout=`: host.lookup and waiting for a busy CPU
+are not counted), so a rule is judged by its own cost, not by the server's
+load; whichever runs out first stops it.
 
 Run it (from the repository root; `pip install starlette uvicorn`):
 
@@ -66,6 +69,7 @@ Run it (from the repository root; `pip install starlette uvicorn`):
 
 Environment: AIONUB_POOL_SIZE (sandboxes per tenant, 1),
 AIONUB_POOL_MAX_SIZE (2), AIONUB_DEADLINE (seconds per request, 1.0),
+AIONUB_CPU_BUDGET (seconds of CPU time per request, 0.1),
 AIONUB_SETUP_DEADLINE (seconds per upload, 5.0). Each worker process keeps
 its own tenants (uploads are not shared between workers): run one worker,
 or put the rules in shared storage and load them at startup.
@@ -144,11 +148,13 @@ def create_app(
     size: int = 1,
     max_size: int = 2,
     deadline: float = 1.0,
+    cpu_budget: float = 0.1,
     setup_deadline: float = 5.0,
     catalog: Mapping[str, Any] | None = None,
 ) -> Starlette:
     """The app: per tenant, a pool of ``size`` to ``max_size`` JavaScript
     sandboxes holding its rule; ``deadline`` seconds per pricing request,
+    of which the rule may use ``cpu_budget`` seconds of CPU time;
     ``setup_deadline`` per upload; ``catalog`` is what ``host.lookup``
     reads (default: :data:`CATALOG`)."""
     products = CATALOG if catalog is None else catalog
@@ -256,9 +262,15 @@ def create_app(
                 async with asyncio.timeout(deadline):
                     sandbox = await stack.enter_async_context(rule.pool.acquire())
                 js = aionub.JsSandbox(sandbox)
-                result = await js.call("price", order, timeout=max(0.0, expires - time.monotonic()))
+                result = await js.call(
+                    "price", order, timeout=max(0.0, expires - time.monotonic()), cpu_timeout=cpu_budget
+                )
         except aionub.ScriptError as exc:
             return error(422, exc.message, "ScriptError", stack=exc.stack)
+        except aionub.CpuTimeout as exc:
+            log.warning("tenant %s: price() used up its CPU budget; its sandbox is restored", tenant)
+            return error(429, f"price() used more than its CPU-time budget of {cpu_budget:g} s; it was stopped",
+                         "CpuTimeout", cpu_time=exc.cpu_time)
         except aionub.CallTimeout:
             log.warning("tenant %s: price() ran past the deadline; its sandbox is restored", tenant)
             return error(504, f"price() ran past the request's deadline of {deadline:g} s; it was stopped",
@@ -291,6 +303,7 @@ def _env_app() -> Starlette:
         size=int(os.environ.get("AIONUB_POOL_SIZE", "1")),
         max_size=int(os.environ.get("AIONUB_POOL_MAX_SIZE", "2")),
         deadline=float(os.environ.get("AIONUB_DEADLINE", "1.0")),
+        cpu_budget=float(os.environ.get("AIONUB_CPU_BUDGET", "0.1")),
         setup_deadline=float(os.environ.get("AIONUB_SETUP_DEADLINE", "5.0")),
     )
 

@@ -215,6 +215,11 @@ void limits_expired(struct ab_limits *l, const void *tag)
                                            memory_order_acq_rel);
     if (!(old & AB_CANCEL_BIT))
         atomic_store_explicit(&l->outcome, outcome, memory_order_relaxed);
+    /* The kernel sent this kick signal for us: count it like ours. */
+    atomic_fetch_add_explicit(&l->sb->counters.signals_sent, 1,
+                              memory_order_relaxed);
+    atomic_fetch_add_explicit(&ab_process_counters.signals_sent, 1,
+                              memory_order_relaxed);
     /* The kick: a KVM_RUN entered after this returns EINTR at once. While
      * armed (a call is running) the run page is mapped and only this
      * thread could replace it (restore's rebuild runs between calls). */

@@ -134,6 +134,7 @@ def test_call_shows_guest_logs_on_stderr(capsys: pytest.CaptureFixture[str]) -> 
     ("args", "code", "error"),
     [
         (("spin", "--timeout", "0.05"), 1, "CallTimeout: spin() did not finish within 0.05 s"),
+        (("spin", "--cpu-timeout", "0.05"), 1, "CpuTimeout: spin() used up its CPU-time budget of 0.05 s"),
         (("fault", "read_null"), 1, "GuestFault: "),
         (("abort", "7", "boom"), 1, "GuestAborted: guest aborted with code 7: boom"),
         (("nope",), 2, "GuestFunctionNotFound: "),
@@ -154,12 +155,26 @@ def test_call_errors_are_one_line_with_an_exit_code(
     assert err.count("\n") == 1
 
 
+@pytest.mark.parametrize("option", ["--timeout", "--cpu-timeout"])
 @pytest.mark.parametrize("value", ["-1", "nan", "soon"])
-def test_call_timeout_must_be_a_number_of_seconds(capsys: pytest.CaptureFixture[str], value: str) -> None:
+def test_call_timeout_must_be_a_number_of_seconds(
+    capsys: pytest.CaptureFixture[str], option: str, value: str
+) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        main(["call", "demo", "noop", "--timeout", value])
+        main(["call", "demo", "noop", option, value])
     assert exit_info.value.code == 2
-    assert "--timeout" in capsys.readouterr().err
+    assert option in capsys.readouterr().err
+
+
+def test_cpu_timeout_on_every_command_that_runs_guest_code(capsys: pytest.CaptureFixture[str]) -> None:
+    from aionub._cli import _parser
+
+    for command in (["call", "demo", "spin"], ["run", "guest.elf"], ["js", "-e", "1"], ["lua", "-e", "1"]):
+        assert _parser().parse_args(command).cpu_timeout is None  # no budget unless asked
+        assert _parser().parse_args([*command, "--cpu-timeout", "0.5"]).cpu_timeout == 0.5
+    got, out, err = cli(capsys, "js", "-e", "for (;;) {}", "--cpu-timeout", "0.05")
+    assert got == 1 and out == ""
+    assert err.startswith("aionub js: CpuTimeout: eval() used up its CPU-time budget of 0.05 s"), err
 
 
 def test_call_and_run_stop_the_guest_after_a_default_timeout() -> None:

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.no_kvm
 
 def test_public_names() -> None:
     assert set(aionub.__all__) == {
-        "BuildError", "CallTimeout", "DEMO_GUEST", "ExecutionCancelled", "GuestAborted", "GuestFault",
+        "BuildError", "CallTimeout", "CpuTimeout", "DEMO_GUEST", "ExecutionCancelled", "GuestAborted", "GuestFault",
         "GuestFunction", "GuestFunctionNotFound", "GuestProtocolError", "HostFunctionError",
         "InterruptHandle", "InvalidGuest", "PoolTimeout", "SandboxPool", "KvmUnavailable", "RunResult", "Sandbox",
         "SandboxClosed",
@@ -26,7 +26,7 @@ def test_public_names() -> None:
 
 
 def test_exception_hierarchy() -> None:
-    for name in ("CallTimeout", "ExecutionCancelled", "GuestAborted", "GuestFault", "StackOverflow",
+    for name in ("CallTimeout", "CpuTimeout", "ExecutionCancelled", "GuestAborted", "GuestFault", "StackOverflow",
                  "GuestFunctionNotFound", "HostFunctionError", "SandboxPoisoned", "SandboxClosed",
                  "InvalidGuest", "KvmUnavailable"):
         assert issubclass(getattr(aionub, name), aionub.SandboxError), name

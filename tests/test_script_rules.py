@@ -21,6 +21,7 @@ pytest.importorskip("uvicorn")
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 DEADLINE = 1.5  # the server's per-request deadline, seconds
+CPU_BUDGET = 0.2  # the CPU time a rule may use per request, seconds
 
 CART = """
 const TAX = 0.2                       // top level: run once, before the pool's snapshot
@@ -47,11 +48,10 @@ function price(order) {
 """
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def serve(tmp_path_factory: pytest.TempPathFactory, cpu_budget: float) -> Iterator[str]:
     log_path = tmp_path_factory.mktemp("rules") / "server.log"
     env = {"AIONUB_POOL_SIZE": "1", "AIONUB_POOL_MAX_SIZE": "2", "AIONUB_DEADLINE": str(DEADLINE),
-           "AIONUB_SETUP_DEADLINE": "2"}
+           "AIONUB_SETUP_DEADLINE": "2", "AIONUB_CPU_BUDGET": str(cpu_budget)}
     proc, url = webserver.start(
         lambda fd: [sys.executable, "-m", "uvicorn", "script_rules:app", "--app-dir", str(EXAMPLES),
                     "--fd", str(fd), "--log-level", "warning"],
@@ -69,6 +69,17 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     # uvicorn shuts down cleanly (closing every tenant's pool), then re-raises SIGTERM.
     assert proc.returncode in (0, -signal.SIGTERM), log_path.read_text()
     assert "Traceback" not in log_path.read_text()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    yield from serve(tmp_path_factory, CPU_BUDGET)
+
+
+@pytest.fixture(scope="module")
+def server_without_cpu_budget(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The same app with a CPU budget far beyond the deadline."""
+    yield from serve(tmp_path_factory, 60.0)
 
 
 def put_rule(server: str, tenant: str, source: str | bytes) -> tuple[int, Any]:
@@ -106,13 +117,25 @@ def test_a_throwing_rule_gives_422_with_its_message(server: str) -> None:
     assert price(server, "acme", {"items": []}) == (200, {"result": {"total": 0, "items": 0}})
 
 
-def test_an_endless_rule_gives_504_and_the_next_request_is_served(server: str) -> None:
+def test_an_endless_rule_uses_up_its_cpu_budget_and_the_next_request_is_served(server: str) -> None:
+    assert put_rule(server, "loopy", LEAKY)[0] == 200
+    started = time.monotonic()
+    status, body = price(server, "loopy", {"id": 1, "spin": True})
+    assert status == 429 and body["type"] == "CpuTimeout", body
+    # Stopped after its CPU budget (plus about a kernel tick), long before the deadline.
+    assert CPU_BUDGET <= body["cpu_time"] < CPU_BUDGET + 0.5
+    assert time.monotonic() - started < DEADLINE + 2
+    # One sandbox (AIONUB_POOL_SIZE=1): the stopped one, restored.
+    assert price(server, "loopy", {"id": 2}) == (200, {"result": {"seen": None}})
+
+
+def test_an_endless_rule_gives_504_at_the_deadline(server_without_cpu_budget: str) -> None:
+    server = server_without_cpu_budget
     assert put_rule(server, "loopy", LEAKY)[0] == 200
     started = time.monotonic()
     status, body = price(server, "loopy", {"id": 1, "spin": True})
     assert status == 504 and body["type"] == "CallTimeout", body
     assert DEADLINE - 0.1 < time.monotonic() - started < DEADLINE + 2
-    # One sandbox (AIONUB_POOL_SIZE=1): the stopped one, restored.
     assert price(server, "loopy", {"id": 2}) == (200, {"result": {"seen": None}})
 
 

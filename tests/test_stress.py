@@ -69,7 +69,8 @@ async def test_timeouts_racing_completions_20000_calls_50_sandboxes() -> None:
                 t.completed += 1
                 if spin or value != FIB[n]:
                     t.wrong.append(f"{'spin()' if spin else f'fib({n})'} returned {value}")
-            assert sb.stats()["cancellations"] == t.killed
+            stats = sb.stats()  # stopped by the kernel's deadline or by the loop
+            assert stats["cancellations"] + stats["timeouts"] == t.killed
 
     with anyio.fail_after(240):  # a lost kill would hang: fail instead
         async with anyio.create_task_group() as tg:
@@ -86,7 +87,8 @@ async def test_timeouts_racing_completions_20000_calls_50_sandboxes() -> None:
     assert completed > 5000
     after = aionub.process_stats()
     assert after["calls"] - process_before["calls"] == sandboxes * calls_each
-    assert after["cancellations"] - process_before["cancellations"] == killed
+    stopped = after["cancellations"] + after["timeouts"] - process_before["cancellations"] - process_before["timeouts"]
+    assert stopped == killed
 
 
 async def test_thread_kills_racing_completions() -> None:
@@ -150,4 +152,5 @@ async def test_timeouts_of_a_millisecond_and_below_always_stop_the_guest() -> No
             assert not _native.lib.ab_interrupt_running(sb._ih)
             assert sb.poisoned
             await sb.restore(snap)
-        assert sb.stats()["cancellations"] == 300
+        stats = sb.stats()  # the kernel's deadline, or the loop's timer when it came first
+        assert stats["cancellations"] + stats["timeouts"] == 300

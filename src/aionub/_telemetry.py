@@ -22,6 +22,7 @@ import anyio
 
 from ._exceptions import (
     CallTimeout,
+    CpuTimeout,
     ExecutionCancelled,
     GuestAborted,
     GuestFault,
@@ -137,6 +138,8 @@ def outcome_of(exc: BaseException | None) -> str:
     """The ``aionub.outcome`` of a call, run or command that raised ``exc``."""
     if exc is None:
         return "ok"
+    if isinstance(exc, CpuTimeout):
+        return "cpu_timeout"
     if isinstance(exc, CallTimeout):
         return "timeout"
     if isinstance(exc, ExecutionCancelled):
@@ -166,7 +169,7 @@ def outcome_of(exc: BaseException | None) -> str:
     return "error"
 
 
-_KILLS = frozenset(("timeout", "killed", "cancelled"))
+_KILLS = frozenset(("timeout", "cpu_timeout", "killed", "cancelled"))
 
 
 def _exception_attributes(exc: BaseException) -> dict[str, Any]:
