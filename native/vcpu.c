@@ -355,6 +355,12 @@ void *vcpu_thread_main(void *arg)
 
     for (;;) {
         uint32_t cmd = wait_command(sb);
+        /* A call Python abandoned while it served one of its events (a
+         * host function that failed or was cancelled, a deadline that
+         * passed meanwhile) never got a RESUME: whatever comes next, its
+         * timers must not fire into it. */
+        if (cmd != AB_CMD_RESUME)
+            limits_end(sb);
         if (cmd == AB_CMD_STOP)
             break;
         if (cmd == AB_CMD_TEARDOWN) {

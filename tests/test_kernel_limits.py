@@ -207,3 +207,24 @@ async def test_bad_cpu_timeout_is_refused(
     with pytest.raises(error, match=message):
         await aionub.Sandbox.create(aionub.DEMO_GUEST, cpu_timeout=value)
     assert await demo.call("noop") is None  # refused before anything ran
+
+
+async def test_a_call_abandoned_in_a_host_function_leaves_no_timer_behind() -> None:
+    """A call cancelled while its host function runs ends on the host's side
+    without the guest being resumed; its deadline must not fire into what
+    comes next."""
+
+    async def slow(x: int) -> int:
+        await anyio.sleep(x / 10)
+        return x
+
+    async with aionub.Sandbox.create(aionub.DEMO_GUEST, host_functions={"slow": slow}) as sb:
+        snap = await sb.snapshot()
+        with anyio.move_on_after(0.05) as scope:
+            await sb.call("call_host", "slow", 100, timeout=0.2, cpu_timeout=0.2)
+        assert scope.cancelled_caught and sb.poisoned
+        await sb.restore(snap)
+        # 0.4 s in the host, past the abandoned call's deadline, without limits of its own.
+        assert await sb.call("call_host", "slow", 4) == 4
+        stats = sb.stats()
+        assert stats["timeouts"] == stats["cpu_timeouts"] == stats["cancellations"] == 0
