@@ -21,6 +21,7 @@ SOURCES = [
     "vcpu.c",
     "sysfast.c",
     "limits.c",
+    "placement.c",
     "vcpustate.c",
     "sandbox.c",
     "snapshot.c",

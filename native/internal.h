@@ -5,6 +5,7 @@
 #define _GNU_SOURCE
 #include <linux/kvm.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -163,7 +164,12 @@ struct ab_limits {
     uint64_t cpu_used_ns;     /* CPU time the guest used in this call       */
     _Atomic bool armed;       /* the handler acts on our timers' signals    */
     _Atomic uint32_t outcome; /* 0, AB_EV_TIMEOUT or AB_EV_CPU_TIMEOUT      */
-    char wall_tag, cpu_tag;   /* their addresses identify the two timers    */
+    /* The placement's spread timer (placement.c): unpins the vCPU thread
+     * when a pinned call runs long. It stops nothing. */
+    timer_t spread;
+    bool have_spread, spread_on;
+    _Atomic bool spread_fired; /* its signal interrupted KVM_RUN: not stale */
+    char wall_tag, cpu_tag, spread_tag; /* addresses identify the timers    */
 };
 struct ab_sandbox;
 void limits_bind_thread(struct ab_sandbox *sb);  /* on the vCPU thread     */
@@ -177,10 +183,25 @@ void limits_free(struct ab_sandbox *sb);
 /* From the kick signal's handler: `tag` identifies the timer. */
 void limits_expired(struct ab_limits *l, const void *tag);
 
+/* ---- placement.c: where the vCPU thread runs (config.placement) ---------- */
+struct ab_placement {
+    pid_t tid;                /* the vCPU thread's kernel id                */
+    cpu_set_t allowed;        /* its affinity when it started               */
+    _Atomic int pinned_cpu;   /* -1: not pinned                             */
+    bool in_call;             /* counted in calls in flight (vCPU thread)   */
+};
+void placement_thread_start(struct ab_sandbox *sb); /* on the vCPU thread */
+void placement_before_call(struct ab_sandbox *sb);  /* submitter, at CALL  */
+/* vCPU thread, at a call's start: true if the spread timer should run. */
+bool placement_call_begin(struct ab_sandbox *sb);
+void placement_call_end(struct ab_sandbox *sb);
+void placement_spread(struct ab_sandbox *sb); /* the spread timer fired   */
+
 /* ---- stats ------------------------------------------------------------------ */
 struct ab_counters {
     _Atomic uint64_t calls, runs, cancellations, signals_sent, stale_kicks,
-        handler_reinstalls, sys_fast, timeouts, cpu_timeouts;
+        handler_reinstalls, sys_fast, timeouts, cpu_timeouts, pins, unpins,
+        spreads;
 };
 extern struct ab_counters ab_process_counters;
 #define AB_COUNT(sb, field)                                                   \
@@ -244,6 +265,7 @@ struct ab_sandbox {
     uint64_t rebuilds;        /* VMs rebuilt by restore (stats)             */
     struct ab_counters counters;
     struct ab_limits limits;  /* the current call's deadline and budget     */
+    struct ab_placement placement;
     int inject_create_failure; /* AB_CREATE_FAIL_* or 0 (fault injection) */
 };
 

@@ -28,6 +28,9 @@
  * the kernel when the timer is re-programmed), so no signal from one call
  * can reach the next.
  *
+ * The same machinery runs the placement's spread timer (placement.c),
+ * which only unpins the vCPU thread when a pinned call runs long.
+ *
  * Timers are created lazily, on the vCPU thread, by the first call that
  * needs them (idle sandboxes hold none), and deleted at teardown.
  */
@@ -100,8 +103,10 @@ int limits_begin(struct ab_sandbox *sb, const char **what)
 {
     struct ab_limits *l = &sb->limits;
     atomic_store_explicit(&l->outcome, 0, memory_order_relaxed);
+    atomic_store_explicit(&l->spread_fired, false, memory_order_relaxed);
     l->cpu_used_ns = 0;
-    l->active = l->deadline_ns != 0 || l->cpu_ns != 0;
+    l->spread_on = placement_call_begin(sb) && sb->config.spread_ns;
+    l->active = l->deadline_ns != 0 || l->cpu_ns != 0 || l->spread_on;
     if (!l->active)
         return 0;
     /* The handler re-checks that the kick handler is ours before every
@@ -127,6 +132,14 @@ int limits_begin(struct ab_sandbox *sb, const char **what)
         }
         l->have_cpu = true;
     }
+    if (l->spread_on && !l->have_spread) {
+        rc = create_timer(sb, CLOCK_MONOTONIC, &l->spread_tag, &l->spread);
+        if (rc) { /* placement is an optimisation: go on without it */
+            l->spread_on = false;
+        } else {
+            l->have_spread = true;
+        }
+    }
     /* Release: armed before the timers, so an expiry that is already due
      * (a deadline in the past) is not ignored as stale. */
     atomic_store_explicit(&l->armed, true, memory_order_seq_cst);
@@ -148,6 +161,8 @@ int limits_begin(struct ab_sandbox *sb, const char **what)
             return rc;
         }
     }
+    if (l->spread_on && arm(l->spread, 0, sb->config.spread_ns) != 0)
+        l->spread_on = false;
     return 0;
 }
 
@@ -177,6 +192,7 @@ int limits_resume(struct ab_sandbox *sb)
 void limits_end(struct ab_sandbox *sb)
 {
     struct ab_limits *l = &sb->limits;
+    placement_call_end(sb);
     if (!l->active)
         return;
     l->active = false;
@@ -187,6 +203,10 @@ void limits_end(struct ab_sandbox *sb)
     if (l->cpu_ns && l->have_cpu) {
         disarm(l->cpu);
         l->cpu_used_ns += thread_cpu_ns() - l->cpu_since_ns;
+    }
+    if (l->spread_on) {
+        disarm(l->spread);
+        l->spread_on = false;
     }
 }
 
@@ -202,7 +222,9 @@ void limits_free(struct ab_sandbox *sb)
         timer_delete(l->wall);
     if (l->have_cpu)
         timer_delete(l->cpu);
-    l->have_wall = l->have_cpu = false;
+    if (l->have_spread)
+        timer_delete(l->spread);
+    l->have_wall = l->have_cpu = l->have_spread = false;
 }
 
 /* Async-signal-safe: atomics only. On the vCPU thread, in the handler. */
@@ -210,6 +232,11 @@ void limits_expired(struct ab_limits *l, const void *tag)
 {
     if (!atomic_load_explicit(&l->armed, memory_order_seq_cst))
         return; /* stale: the call it was armed for has ended */
+    if (tag == &l->spread_tag) { /* a long call: let it leave the loop's CPU */
+        placement_spread(l->sb);
+        atomic_store_explicit(&l->spread_fired, true, memory_order_relaxed);
+        return;
+    }
     uint32_t outcome = tag == &l->cpu_tag ? AB_EV_CPU_TIMEOUT : AB_EV_TIMEOUT;
     uint8_t old = atomic_fetch_or_explicit(&l->ih->state, AB_CANCEL_BIT,
                                            memory_order_acq_rel);

@@ -203,6 +203,7 @@ int ab_sandbox_submit(ab_sandbox *sb, uint32_t cmd, int notify_fd)
         if (atomic_load(&sb->pending))
             return -EBUSY;
         sb->limits.deadline_ns = sb->limits.cpu_ns = 0;
+        placement_before_call(sb);
     }
     return submit(sb, cmd, notify_fd);
 }
@@ -218,6 +219,7 @@ int ab_sandbox_submit_call(ab_sandbox *sb, uint64_t deadline_ns,
      * seq_cst store orders them). */
     sb->limits.deadline_ns = deadline_ns;
     sb->limits.cpu_ns = cpu_ns;
+    placement_before_call(sb);
     return submit(sb, AB_CMD_CALL, notify_fd);
 }
 
@@ -336,6 +338,9 @@ static void read_counters(const struct ab_counters *c, struct ab_stats *out)
     out->timeouts = atomic_load_explicit(&c->timeouts, memory_order_relaxed);
     out->cpu_timeouts =
         atomic_load_explicit(&c->cpu_timeouts, memory_order_relaxed);
+    out->pins = atomic_load_explicit(&c->pins, memory_order_relaxed);
+    out->unpins = atomic_load_explicit(&c->unpins, memory_order_relaxed);
+    out->spreads = atomic_load_explicit(&c->spreads, memory_order_relaxed);
 }
 
 void ab_sandbox_stats(ab_sandbox *sb, struct ab_stats *out)

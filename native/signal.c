@@ -89,7 +89,8 @@ static void kick_handler(int signo, siginfo_t *info, void *ctx)
     struct ab_limits *limits = thread_limits;
     if (on_vcpu_thread && limits && info && info->si_code == SI_TIMER &&
         (info->si_value.sival_ptr == &limits->wall_tag ||
-         info->si_value.sival_ptr == &limits->cpu_tag)) {
+         info->si_value.sival_ptr == &limits->cpu_tag ||
+         info->si_value.sival_ptr == &limits->spread_tag)) {
         limits_expired(limits, info->si_value.sival_ptr);
         return;
     }

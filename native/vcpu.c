@@ -286,7 +286,11 @@ static void run_until_event(struct ab_sandbox *sb)
                               memory_order_seq_cst);
         if (interrupt_is_cancelled(ih))
             break;
-        AB_COUNT(sb, stale_kicks); /* stale: re-enter the guest */
+        /* Re-enter the guest: the placement's spread timer (counted by
+         * its handler), or a stale kick. */
+        if (!atomic_exchange_explicit(&sb->limits.spread_fired, false,
+                                      memory_order_relaxed))
+            AB_COUNT(sb, stale_kicks);
     }
     /* CANCEL came from a kill(), or from one of the call's limit timers,
      * which record why (limits.c). */
@@ -352,6 +356,7 @@ void *vcpu_thread_main(void *arg)
     /* The thread owns the vCPU for the sandbox's whole life. */
     interrupt_set_tid(sb->ih);
     limits_bind_thread(sb);
+    placement_thread_start(sb);
 
     for (;;) {
         uint32_t cmd = wait_command(sb);

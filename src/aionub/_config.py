@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._limits import check_cpu_timeout
-from ._native import ffi
+from ._native import ffi, lib
 
 __all__ = ("SandboxConfig",)
 
@@ -19,6 +19,8 @@ MiB = 1024 * KiB
 _PAGE = 4096
 #: The largest sig_rt_min_offset: SIGRTMIN + offset may not pass SIGRTMAX (30 with glibc).
 MAX_SIG_RT_MIN_OFFSET = signal.SIGRTMAX - signal.SIGRTMIN
+#: The placement option's values and their native constants.
+_PLACEMENTS = {"scheduler": lib.AB_PLACEMENT_SCHEDULER, "follow_loop": lib.AB_PLACEMENT_FOLLOW_LOOP}
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +57,15 @@ class SandboxConfig:
     #: time the guest uses, host functions not counted; None: no budget).
     #: ``cpu_timeout=`` on a call overrides it; CpuTimeout when it runs out.
     cpu_timeout: float | None = None
+    #: Where the vCPU thread runs: "scheduler" (the kernel decides) or
+    #: "follow_loop" (pinned to the CPU of the thread that submits each call
+    #: while no other call of the process is in flight, so a call's two
+    #: hand-overs are context switches rather than cross-CPU wake-ups;
+    #: unpinned when other calls are in flight, and when a call runs longer
+    #: than ``spread_after``). docs/deployment.md has the measurements.
+    placement: str = "scheduler"
+    #: With placement="follow_loop": unpin a call that runs this long.
+    spread_after: float = 0.001
 
     @classmethod
     def from_kwargs(cls, options: dict[str, Any]) -> SandboxConfig:
@@ -79,7 +90,9 @@ class SandboxConfig:
             value = getattr(self, name)
             if value % _PAGE:
                 raise ValueError(f"{name} must be a multiple of {_PAGE}, got {value}")
-        for name, upper in (("interrupt_retry_delay", 1.0), ("init_timeout", 3600.0), ("spin_time", 0.01)):
+        for name, upper in (
+            ("interrupt_retry_delay", 1.0), ("init_timeout", 3600.0), ("spin_time", 0.01), ("spread_after", 1.0),
+        ):
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool):
                 raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
@@ -88,6 +101,10 @@ class SandboxConfig:
                 low = "[0" if name == "spin_time" else "(0"
                 raise ValueError(f"{name} must be in {low}, {upper}] seconds, got {value}")
         check_cpu_timeout(self.cpu_timeout)
+        if self.placement not in _PLACEMENTS:
+            raise ValueError(
+                f"placement must be one of {', '.join(map(repr, _PLACEMENTS))}, got {self.placement!r}"
+            )
         offset = self.sig_rt_min_offset
         if not isinstance(offset, int) or isinstance(offset, bool):
             raise TypeError(f"sig_rt_min_offset must be an int, not {type(offset).__name__}")
@@ -105,4 +122,6 @@ class SandboxConfig:
         cfg.retry_delay_ns = int(self.interrupt_retry_delay * 1e9)
         cfg.sig_rt_min_offset = self.sig_rt_min_offset
         cfg.spin_ns = int(self.spin_time * 1e9)
+        cfg.placement = _PLACEMENTS[self.placement]
+        cfg.spread_ns = int(self.spread_after * 1e9)
         return cfg

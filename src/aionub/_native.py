@@ -37,7 +37,7 @@ EAGAIN = -errno.EAGAIN
 
 STATS_FIELDS = (
     "calls", "runs", "cancellations", "signals_sent", "stale_kicks", "handler_reinstalls", "sys_fast", "timeouts",
-    "cpu_timeouts",
+    "cpu_timeouts", "pins", "unpins", "spreads",
 )
 
 

@@ -55,7 +55,13 @@ struct ab_config {
     uint32_t sig_rt_min_offset; /* kick signal = SIGRTMIN + offset             */
     uint32_t spin_ns;        /* vCPU thread polls for the next command this long
                                 before sleeping on its futex (0 = no polling)  */
+    uint32_t placement;      /* AB_PLACEMENT_* (native/placement.c)            */
+    uint64_t spread_ns;      /* FOLLOW_LOOP: unpin a call running this long    */
 };
+#define AB_PLACEMENT_SCHEDULER 0   /* the scheduler alone decides             */
+#define AB_PLACEMENT_FOLLOW_LOOP 1 /* pin the vCPU thread to the submitting
+                                      thread's CPU while no other call is in
+                                      flight; unpin calls that run long      */
 
 struct ab_layout {
     uint64_t memory_size;
@@ -96,6 +102,9 @@ struct ab_stats {
                                   without waking Python                       */
     uint64_t timeouts;         /* calls stopped by their kernel deadline       */
     uint64_t cpu_timeouts;     /* calls stopped by their CPU-time budget       */
+    uint64_t pins;             /* FOLLOW_LOOP: vCPU thread pinned to a new CPU */
+    uint64_t unpins;           /* FOLLOW_LOOP: unpinned (other calls in flight)*/
+    uint64_t spreads;          /* FOLLOW_LOOP: unpinned by a long call         */
 };
 
 /* Open /dev/kvm (once per process) and check the API. 0 or -errno; errbuf

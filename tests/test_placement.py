@@ -1,0 +1,99 @@
+"""placement="follow_loop": the vCPU thread is pinned to the CPU of the
+thread that submits a call while no other call is in flight, unpinned when
+other calls are in flight, and unpinned by a timer when a call runs long."""
+
+from __future__ import annotations
+
+import os
+
+import anyio
+import pytest
+
+import aionub
+
+pytestmark = pytest.mark.anyio
+
+
+def vcpu_tids() -> set[int]:
+    found = set()
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                if f.read().strip() == "aionub-vcpu":
+                    found.add(int(tid))
+        except OSError:
+            pass
+    return found
+
+
+async def new_sandbox(**config: object) -> tuple[aionub.Sandbox, int]:
+    before = vcpu_tids()
+    sb = await aionub.Sandbox.create(aionub.DEMO_GUEST, **config)  # type: ignore[arg-type]
+    (tid,) = vcpu_tids() - before
+    return sb, tid
+
+
+needs_two_cpus = pytest.mark.skipif(
+    len(os.sched_getaffinity(0)) < 2, reason="placement needs at least two CPUs to be observable"
+)
+
+
+@needs_two_cpus
+async def test_the_vcpu_thread_follows_the_loop_and_spreads_on_a_long_call() -> None:
+    allowed = os.sched_getaffinity(0)
+    sb, tid = await new_sandbox(placement="follow_loop", spread_after=0.002)
+    async with sb:
+        cpu = min(allowed)
+        os.sched_setaffinity(0, {cpu})  # the loop's thread stays on one CPU
+        try:
+            assert await sb.call("add", 1, 2) == 3
+            assert os.sched_getaffinity(tid) == {cpu}
+            assert sb.stats()["pins"] >= 1
+            # A call far longer than spread_after: unpinned while it runs.
+            with pytest.raises(aionub.CallTimeout):
+                await sb.call("spin", timeout=0.1)
+            assert sb.stats()["spreads"] == 1
+            assert os.sched_getaffinity(tid) == allowed
+            assert sb.stats()["stale_kicks"] == 0  # the spread timer's signal is not a stale kick
+        finally:
+            os.sched_setaffinity(0, allowed)
+
+
+@needs_two_cpus
+async def test_other_calls_in_flight_unpin_the_vcpu_thread() -> None:
+    allowed = os.sched_getaffinity(0)
+    a, tid_a = await new_sandbox(placement="follow_loop")
+    b, _ = await new_sandbox(placement="follow_loop")
+    async with a, b:
+        assert await a.call("noop") is None
+        assert len(os.sched_getaffinity(tid_a)) == 1  # pinned: nothing else was in flight
+        async def busy() -> None:  # in flight while a's next call is submitted
+            with pytest.raises(aionub.CallTimeout):
+                await b.call("spin", timeout=0.3)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(busy)
+            await anyio.sleep(0.05)
+            assert await a.call("noop") is None
+        assert a.stats()["unpins"] == 1
+        assert os.sched_getaffinity(tid_a) == allowed
+
+
+async def test_the_scheduler_placement_never_pins(demo: aionub.Sandbox) -> None:
+    for _ in range(5):
+        await demo.call("noop")
+    stats = demo.stats()
+    assert stats["pins"] == stats["unpins"] == stats["spreads"] == 0
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"placement": "nearby"}, "placement must be one of 'scheduler', 'follow_loop', got 'nearby'"),
+        ({"spread_after": 0}, r"spread_after must be in \(0, 1.0\] seconds"),
+        ({"spread_after": "1"}, "spread_after must be a number of seconds"),
+    ],
+)
+async def test_bad_placement_options_are_refused(config: dict[str, object], message: str) -> None:
+    with pytest.raises((ValueError, TypeError), match=message):
+        await aionub.Sandbox.create(aionub.DEMO_GUEST, **config)  # type: ignore[arg-type]
