@@ -83,9 +83,10 @@ WAT_NOOP = """
 SPIN = 0.0002  # spin_time of the diagnostic run: the vCPU thread polls 200 µs for the next call
 
 
-async def aionub_noop(calls: int, split: bool = False, **config: object) -> float:
+async def aionub_noop(calls: int, split: bool = False, timeout: float | None = None, **config: object) -> float:
     """p50 (µs) of sequential noop calls on one sandbox. split: pin the event
-    loop's thread to one CPU and the sandbox's vCPU thread to another."""
+    loop's thread to one CPU and the sandbox's vCPU thread to another;
+    timeout: each call's timeout= (a kernel timer armed and disarmed)."""
     clock = time.perf_counter_ns
     samples: list[float] = []
     before = vcpu_threads() if split else set()
@@ -95,10 +96,10 @@ async def aionub_noop(calls: int, split: bool = False, **config: object) -> floa
             (vcpu,) = vcpu_threads() - before
             place_threads(vcpu, "split")
         for _ in range(min(calls, 1000)):  # warm-up
-            await call("noop")
+            await call("noop", timeout=timeout)
         for _ in range(calls):
             t0 = clock()
-            await call("noop")
+            await call("noop", timeout=timeout)
             samples.append((clock() - t0) / 1000)
     return percentile(samples, 0.5)
 
@@ -188,6 +189,8 @@ def main() -> int:
             add(f"to_thread_{loop}", run_on(loop, lambda: to_thread_roundtrip(opts.calls)))
         for loop in loops:
             add(f"noop_{loop}_spin", run_on(loop, lambda: aionub_noop(opts.calls, spin_time=SPIN)))
+            add(f"noop_{loop}_follow", run_on(loop, lambda: aionub_noop(opts.calls, placement="follow_loop")))
+            add(f"noop_{loop}_timeout", run_on(loop, lambda: aionub_noop(opts.calls, timeout=1.0)))
         if wasmtime is not None:
             add("wasmtime", wasmtime_noop(wasmtime, opts.calls))
         if pinned:
@@ -215,6 +218,10 @@ def main() -> int:
         "to_thread_asyncio": "to_thread(raw round trip), asyncio",
         "noop_uvloop_spin": f"aionub noop, uvloop, spin_time={SPIN * 1e6:.0f} µs",
         "noop_asyncio_spin": f"aionub noop, asyncio, spin_time={SPIN * 1e6:.0f} µs",
+        "noop_uvloop_follow": "aionub noop, uvloop, placement=follow_loop",
+        "noop_asyncio_follow": "aionub noop, asyncio, placement=follow_loop",
+        "noop_uvloop_timeout": "aionub noop, uvloop, timeout=1 (kernel timer per call)",
+        "noop_asyncio_timeout": "aionub noop, asyncio, timeout=1 (kernel timer per call)",
         "wasmtime": "wasmtime-py no-op export call",
         "raw_thread_1cpu": "raw C thread-per-vCPU round trip, 1 CPU",
         "noop_uvloop_1cpu": "aionub noop, uvloop, 1 CPU",
@@ -254,6 +261,14 @@ def main() -> int:
     goals = {"uvloop": "≤ 2.0", "asyncio": "≤ 2.5"}
     for loop in loops:
         target(f"noop on {loop} ÷ raw C round trip", ratio(med[f"noop_{loop}"], med["raw"]), goals[loop])
+    if "raw_thread_1cpu" in med:
+        for loop in loops:
+            for key, what in ((f"noop_{loop}", "placement=scheduler"), (f"noop_{loop}_follow", "placement=follow_loop")):
+                target(f"noop on {loop}, unpinned, {what} ÷ raw C thread-per-vCPU round trip on 1 CPU",
+                       ratio(med[key], med["raw_thread_1cpu"]), "≤ 1.5")
+    for loop in loops:
+        target(f"noop on {loop} with timeout= ÷ without (the kernel timer's cost)",
+               ratio(med[f"noop_{loop}_timeout"], med[f"noop_{loop}"]), "—")
     for loop in loops:
         target(f"noop on {loop} ÷ to_thread raw round trip",
                ratio(med[f"noop_{loop}"], med[f"to_thread_{loop}"]), "≤ 0.5")

@@ -12,7 +12,8 @@
  *    flight, the vCPU thread is pinned to the CPU the submitting thread
  *    runs on (sched_setaffinity, only when that CPU changed).
  *  - When other calls are in flight (many busy sandboxes), it is unpinned:
- *    the scheduler spreads the guests over the CPUs.
+ *    the scheduler spreads the guests over the CPUs; and it stays unpinned
+ *    until it has made PLACEMENT_COOLDOWN_CALLS calls alone.
  *  - A pinned call that runs longer than spread_ns is unpinned by a timer
  *    on the vCPU thread (limits.c arms it with the call's other timers), so
  *    a long call does not keep competing with the event loop for its CPU.
@@ -28,6 +29,9 @@
 #include <sched.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+
+/* Calls a sandbox stays unpinned after it last saw other calls in flight. */
+#define PLACEMENT_COOLDOWN_CALLS 256
 
 /* Calls in flight in the process (between a CALL command and its last
  * event), counted only for sandboxes that follow their loop. */
@@ -57,10 +61,19 @@ void placement_before_call(struct ab_sandbox *sb)
         return;
     int pinned = atomic_load_explicit(&p->pinned_cpu, memory_order_relaxed);
     if (atomic_load_explicit(&calls_in_flight, memory_order_relaxed) > 0) {
+        /* Busy with others: spread, and stay spread for a while. Under a
+         * steady load the count touches zero now and then; pinning at
+         * each of those moments and unpinning at the next call would cost
+         * two affinity changes (and migrations) per call. */
+        p->cooldown = PLACEMENT_COOLDOWN_CALLS;
         if (pinned >= 0) {
             unpin(p);
             AB_COUNT(sb, unpins);
         }
+        return;
+    }
+    if (p->cooldown) {
+        p->cooldown--;
         return;
     }
     int cpu = sched_getcpu();
