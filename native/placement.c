@@ -37,8 +37,23 @@
  * event), counted only for sandboxes that follow their loop. */
 static _Atomic int calls_in_flight;
 
+/* A forked child has none of the parent's vCPU threads, so none of its
+ * calls are in flight there. */
+static void reset_in_child(void)
+{
+    atomic_store_explicit(&calls_in_flight, 0, memory_order_relaxed);
+}
+
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void register_atfork(void)
+{
+    pthread_atfork(NULL, NULL, reset_in_child);
+}
+
 void placement_thread_start(struct ab_sandbox *sb)
 {
+    pthread_once(&atfork_once, register_atfork);
     struct ab_placement *p = &sb->placement;
     p->tid = (pid_t)syscall(SYS_gettid);
     atomic_init(&p->pinned_cpu, -1);
