@@ -174,7 +174,15 @@ class AsyncioBinding(_Commands):
     @staticmethod
     async def with_timeout(func: Callable[[], Awaitable[T]], seconds: float) -> tuple[T | None, bool]:
         """``(result, False)``, or ``(None, True)`` if ``seconds`` ran out."""
-        cm = asyncio.timeout(seconds)
+        return await AsyncioBinding._within(func, asyncio.timeout(seconds))
+
+    @staticmethod
+    async def with_deadline(func: Callable[[], Awaitable[T]], deadline: float) -> tuple[T | None, bool]:
+        """The same, until ``deadline`` on the loop's clock."""
+        return await AsyncioBinding._within(func, asyncio.timeout_at(deadline))
+
+    @staticmethod
+    async def _within(func: Callable[[], Awaitable[T]], cm: asyncio.Timeout) -> tuple[T | None, bool]:
         try:
             async with cm:
                 return await func(), False
@@ -243,7 +251,11 @@ class AnyioBinding(_Commands):
 
     @staticmethod
     async def with_timeout(func: Callable[[], Awaitable[T]], seconds: float) -> tuple[T | None, bool]:
-        with anyio.move_on_after(seconds) as scope:
+        return await AnyioBinding.with_deadline(func, anyio.current_time() + seconds)
+
+    @staticmethod
+    async def with_deadline(func: Callable[[], Awaitable[T]], deadline: float) -> tuple[T | None, bool]:
+        with anyio.CancelScope(deadline=deadline) as scope:
             return await func(), False
         if scope.cancelled_caught:
             return None, True

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -292,10 +293,10 @@ class Engine:
                         # Host functions serve calls (docs/abi.md); a guest
                         # asking for one while it starts up is not in one.
                         raise GuestProtocolError(f"the guest called a host function during {what}")
-                    await services.serve_host_call(native.output, native.event.length)
+                    await self._host_work(binding, services.serve_host_call, native.output, native.event.length, what)
                     await self._check_deadline(binding, what)
                 elif kind == EV_SYS:
-                    await services.sys.serve(native.output, native.event.length)
+                    await self._host_work(binding, services.sys.serve, native.output, native.event.length, what)
                     await self._check_deadline(binding, what)
                 elif kind == EV_TIMEOUT and self.limits is not None and self.limits.timeout is not None:
                     self.poison(self.limits.poison_reason(what))
@@ -319,6 +320,23 @@ class Engine:
                     raise  # the guest finished before the kill landed: its state is intact
             self.poison(f"{what} did not run to completion ({type(exc).__name__}: {exc})")
             raise
+
+    async def _host_work(
+        self, binding: Binding, serve: Callable[[memoryview, int], Awaitable[None]], output: memoryview, length: int,
+        what: str,
+    ) -> None:
+        """Serve a host call or system request; with a ``timeout=``, only
+        until its deadline (an ``async def`` host function is cancelled
+        then). The call's own timer on the loop is a later backstop (the
+        kernel stops a running guest), so host time is cut here."""
+        limits = self.limits
+        if limits is None or limits.loop_deadline is None:
+            await serve(output, length)
+            return
+        _, expired = await binding.with_deadline(lambda: serve(output, length), limits.loop_deadline)
+        if expired:
+            self.poison(limits.poison_reason(what))
+            raise limits.timeout_error(what)
 
     async def _check_deadline(self, binding: Binding, what: str) -> None:
         """[H1] A deadline that passed, or a cancellation that arrived, while

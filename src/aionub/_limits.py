@@ -5,9 +5,10 @@ The C core arms a timer on the vCPU thread for each (native/limits.c): the
 deadline on CLOCK_MONOTONIC, the budget on the thread's CPU-time clock.
 When one runs out the guest is stopped on the spot and the vCPU thread
 reports TIMEOUT or CPU_TIMEOUT, which become :class:`CallTimeout` and
-:class:`CpuTimeout` here. The event loop keeps its own timer at the same
-deadline: for time spent in host functions (an async host function is
-cancelled by it) and as a backstop."""
+:class:`CpuTimeout` here. Time in host functions is cut at the deadline by
+the event loop (the engine serves them under it), and the loop keeps a timer
+``BACKSTOP_GRACE`` after the deadline in case the kernel's never stops the
+guest."""
 
 from __future__ import annotations
 
@@ -16,10 +17,15 @@ import time
 
 from ._exceptions import CallTimeout, CpuTimeout
 
-__all__ = ("CallLimits", "check_seconds")
+__all__ = ("BACKSTOP_GRACE", "CallLimits", "check_cpu_timeout", "check_seconds")
 
 #: The longest cpu_timeout: an hour, like init_timeout.
 MAX_CPU_TIMEOUT = 3600.0
+#: How long after the deadline the event loop's own timer stops a call that
+#: the kernel's has not (a backstop: it should never be needed). Firing at
+#: the deadline itself would race the kernel's stop, whose event arrives in
+#: the same loop iteration, and turn it into the slower cancellation path.
+BACKSTOP_GRACE = 0.010
 
 
 def check_seconds(name: str, value: object) -> float | None:

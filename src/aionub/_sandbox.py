@@ -27,7 +27,7 @@ from ._exceptions import CallTimeout, GuestFunctionNotFound, InvalidGuest
 from ._hostcalls import HostFunction, check_host_functions
 from ._interrupt import InterruptHandle
 from ._lifecycle import State
-from ._limits import CallLimits, check_cpu_timeout, check_seconds
+from ._limits import BACKSTOP_GRACE, CallLimits, check_cpu_timeout, check_seconds
 from ._native import NativeSandbox
 from ._run import RunResult, check_argv, check_env, check_stdin, encode_run
 from ._snapshot import Snapshot
@@ -296,7 +296,9 @@ class Sandbox:
             if seconds is None:
                 return await engine.call(binding, fn, request, CallLimits(None, cpu, None))
             limits = CallLimits(seconds, cpu, now())
-            value, expired = await binding.with_timeout(lambda: engine.call(binding, fn, request, limits), seconds)
+            value, expired = await binding.with_timeout(
+                lambda: engine.call(binding, fn, request, limits), seconds + BACKSTOP_GRACE
+            )
             if expired:
                 raise self._timed_out(name, limits)
             return value
@@ -362,7 +364,7 @@ class Sandbox:
                 return await engine.run(binding, args, request, data, CallLimits(None, cpu, None))
             limits = CallLimits(seconds, cpu, now())
             result, expired = await binding.with_timeout(
-                lambda: engine.run(binding, args, request, data, limits), seconds
+                lambda: engine.run(binding, args, request, data, limits), seconds + BACKSTOP_GRACE
             )
             if result is None or expired:
                 raise self._timed_out(f"the run of {args[0]}", limits, call=False)
