@@ -406,8 +406,8 @@ async def test_host_results_that_cannot_be_sent_are_errors_in_the_script(languag
         "raises": raises,
     }
     probe = {
-        "js": "function probe(n) { try { host[n]() } catch (e) { return e.name + ': ' + e.message } return 'no error' }",
-        "lua": "function probe(n) local ok, e = pcall(host[n]); if ok then return 'no error' end return e end",
+        "js": "function probe(n) { try { host[n]() } catch (e) { return e.name + ': ' + e.message } return 'none' }",
+        "lua": "function probe(n) local ok, e = pcall(host[n]); if ok then return 'none' end return e end",
     }
     async with CLASSES[language].create(host_functions=hosts, output_size=64 * 1024) as sb:
         await sb.exec(probe[language])
