@@ -8,8 +8,10 @@
  * Host functions are reached through the one host function SCRIPT_HOST
  * ("script.host"), which aionub._scripts provides: it takes (name, args)
  * and answers [true, value] or [false, "ExceptionType: message"], so a
- * failing host function becomes an exception in the script instead of a
- * HostFunctionError of the whole call.
+ * failing host function, or a result that cannot be sent, becomes an
+ * exception in the script instead of a HostFunctionError of the whole call.
+ * (An ERROR reply, which would fail the call, only comes when script.host
+ * itself is missing or broken: that is an exception in the script too.)
  */
 #ifndef AIONUB_SCRIPTS_COMMON_H
 #define AIONUB_SCRIPTS_COMMON_H
