@@ -8,9 +8,10 @@ The runtimes are guests of ours (``native/guest/scripts/``), built at
 install time into ``aionub/_guests/js.elf`` and ``lua.elf``. Each exports
 ``eval``, ``exec`` and ``call`` returning an envelope, ``[True, value]`` or
 ``[False, message, stack]``; the second becomes :class:`ScriptError`, which
-does not poison the sandbox. Host functions are served through one host
-function, ``script.host`` (:func:`script_host_functions`), which turns a
-Python exception, or a result that cannot be sent, into a script exception. ``docs/scripts.md`` has the
+does not poison the sandbox. A JavaScript promise result is awaited in the
+guest. Host functions are served through one host function, ``script.host``
+(:func:`script_host_functions`), which turns a Python exception, or a result
+that cannot be sent, into a script exception. ``docs/scripts.md`` has the
 conversion rules.
 """
 
