@@ -10,27 +10,35 @@ every side alike):
   fast path    a request on `JsSandbox.pool(setup=LIBRARY)`: checkout,
                `call("render", ...)`, give back (restore), ÷ creating a
                JsSandbox per request, loading LIBRARY and calling it
-  CPU          `fib(25)` (recursive) --fib-reps times in a row, in the guest
-               ÷ the same engine built natively: QuickJS's and Lua's pinned
-               sources (aionub._sources, the ones the runtime guests are
-               built from) compiled with our driver, `scripts_native.c`, by
-               the same gcc with the guests' code generation flags into
-               `.build/scripts_native_js` and `_lua`. One native process per
-               engine serves the whole run (set up and warmed up once, like
-               the sandboxes), and the runs alternate one by one: guest JS,
-               native JS, guest Lua, native Lua, then the reverse order, --reps
-               times per round. A guest run is timed on the host around
-               `await sb.eval(loop)`, less the p50 of an empty eval's round
-               trip in the same round (about 60 µs of a run of tens of ms); a
-               native run inside its process around the engine's eval
-               (CLOCK_MONOTONIC). speed = native time ÷ guest time, the median
-               over pairs (each pair ran within milliseconds: load that comes
-               and goes hits both alike), and the ratio of p50s beside it.
-               To tell "slower code" from "less CPU", each run also reports the
-               CPU time it got: the native thread's CLOCK_THREAD_CPUTIME_ID,
-               and the vCPU thread's run time in /proc/self/task/TID/schedstat
-               (which counts KVM_RUN, guest code included) with its run-queue
-               wait; speed by CPU time is native CPU ÷ guest CPU.
+  CPU          two workloads, in the guest ÷ the same engine built natively:
+               `fib(25)` (recursive) --fib-reps times in a row (the goal),
+               and sorting 50,000 records with a comparison callback (heap-
+               bound: the allocator and the collector at work). The native
+               engines are QuickJS's and Lua's pinned sources (aionub._sources,
+               the ones the runtime guests are built from) compiled with our
+               driver, `scripts_native.c`, by the same gcc with the guests'
+               code generation flags (non-PIE included), twice: on the host's
+               glibc (`.build/scripts_native_js`, `_lua`), which is what a
+               user would run natively and what the goal is measured
+               against, and on the guest SDK's own musl (`_js_musl`,
+               `_lua_musl`), the same C library as in the guest, which
+               leaves the sandbox as the only difference. One native process
+               per engine, workload and C library serves the whole run (set
+               up and warmed up once, like the sandboxes), and the runs
+               alternate one by one: guest, glibc, musl per engine and
+               workload, then the reverse order, --reps times per round. A
+               guest run is timed on the host around `await sb.eval(run)`,
+               less the p50 of an empty eval's round trip in the same round
+               (about 60 µs of a run of tens of ms); a native run inside its
+               process around the engine's eval (CLOCK_MONOTONIC). speed =
+               native time ÷ guest time: the median over pairs (each pair
+               ran within milliseconds, so load that comes and goes hits both
+               alike), with the ratio of p50s beside it. To tell "slower
+               code" from "less CPU", each run also reports the CPU time it
+               got: the native thread's CLOCK_THREAD_CPUTIME_ID, and the vCPU
+               thread's run time in /proc/self/task/TID/schedstat (KVM_RUN,
+               guest code included) with its run-queue wait; speed by CPU
+               time is native CPU ÷ guest CPU, over pairs.
 
 Side by side, without a goal, what a Python user would pick instead where it
 installs here: PyPI's `lupa` (Lua 5.4 in-process) and `quickjs` (QuickJS
@@ -39,8 +47,8 @@ fib runs; no isolation: they run in the calling process), and a `qjs` or
 `lua` binary started per call (skipped, with the reason, when none is on
 PATH). Install the bindings with pip install '.[bench]'.
 
-    python benchmarks/bench_scripts.py            # about 25 s on 2 cores (+40 s the first time: builds)
-    python benchmarks/bench_scripts.py --quick    # about 10 s
+    python benchmarks/bench_scripts.py            # about 40 s on 2 cores (+80 s the first time: builds)
+    python benchmarks/bench_scripts.py --quick    # about 15 s
 """
 
 from __future__ import annotations
