@@ -38,7 +38,9 @@ every side alike):
                got: the native thread's CLOCK_THREAD_CPUTIME_ID, and the vCPU
                thread's run time in /proc/self/task/TID/schedstat (KVM_RUN,
                guest code included) with its run-queue wait; speed by CPU
-               time is native CPU ÷ guest CPU, over pairs.
+               time is native CPU ÷ guest CPU, over pairs. The involuntary
+               context switches of each side per run (/proc status) show how
+               often the load preempted it.
 
 Side by side, without a goal, what a Python user would pick instead where it
 installs here: PyPI's `lupa` (Lua 5.4 in-process) and `quickjs` (QuickJS
@@ -165,16 +167,18 @@ class Native:
         self.proc = subprocess.Popen([str(exe), str(setup_file), str(timed_file)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
-    def run(self) -> tuple[float, float]:
-        """One timed run: (wall µs, CPU µs)."""
+    def run(self) -> tuple[float, float, float]:
+        """One timed run: (wall µs, CPU µs, preemptions)."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
+        status = f"/proc/{self.proc.pid}/status"
+        before = preemptions(status)
         self.proc.stdin.write("\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
         if not line:
             raise RuntimeError(f"{self.proc.args[0]} exited with status {self.proc.wait()}")
         wall, cpu = (int(x) / 1000 for x in line.split())
-        return wall, cpu
+        return wall, cpu, preemptions(status) - before
 
     def close(self) -> None:
         if self.proc.stdin is not None:
@@ -189,20 +193,31 @@ def schedstat(tid: int) -> tuple[float, float]:
     return int(run_ns) / 1000, int(wait_ns) / 1000
 
 
+def preemptions(path: str) -> int:
+    """A thread's involuntary context switches so far (``path``: its /proc status)."""
+    with open(path) as f:
+        for line in f:
+            if line.startswith("nonvoluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no nonvoluntary_ctxt_switches in {path}")
+
+
 class GuestRuns:
     """Timed runs of one script sandbox, with its vCPU thread's CPU time."""
 
     def __init__(self, sb: Any, tid: int, timed: str) -> None:
         self.sb, self.tid, self.timed = sb, tid, timed
 
-    async def run(self) -> tuple[float, float, float]:
-        """One timed run: (wall µs, vCPU CPU µs, vCPU run-queue wait µs)."""
+    async def run(self) -> tuple[float, float, float, float]:
+        """One timed run: (wall µs, vCPU CPU µs, vCPU preemptions, vCPU run-queue wait µs)."""
+        status = f"/proc/self/task/{self.tid}/status"
         cpu0, wait0 = schedstat(self.tid)
+        pre0 = preemptions(status)
         t0 = time.perf_counter_ns()
         await self.sb.eval(self.timed)
         wall = (time.perf_counter_ns() - t0) / 1000
         cpu1, wait1 = schedstat(self.tid)
-        return wall, cpu1 - cpu0, wait1 - wait0
+        return wall, cpu1 - cpu0, preemptions(status) - pre0, wait1 - wait0
 
 
 async def p50_of(calls: int, fn: Callable[[], Awaitable[Any]]) -> float:
@@ -317,8 +332,8 @@ async def measure(opts: argparse.Namespace, natives: dict[tuple[str, str, str], 
             for rep in range(opts.reps):
                 for name, engine, side in order if rep % 2 == 0 else order[::-1]:
                     if side == "guest":
-                        wall, cpu, wait = await guests[name, engine].run()
-                        sample: tuple[float, ...] = (wall - empty[engine], cpu, wait)
+                        wall, cpu, preempted, wait = await guests[name, engine].run()
+                        sample: tuple[float, ...] = (wall - empty[engine], cpu, preempted, wait)
                     else:
                         sample = natives[name, engine, side].run()
                     runs.setdefault((name, engine, side), []).append(sample)
@@ -328,11 +343,13 @@ async def measure(opts: argparse.Namespace, natives: dict[tuple[str, str, str], 
                     guest = runs[name, engine, "guest"]
                     add(f"{key} guest", percentile([g[0] for g in guest], 0.5))
                     add(f"{key} guest cpu", percentile([g[1] for g in guest], 0.5))
-                    add(f"{key} guest wait", percentile([g[2] for g in guest], 0.5))
+                    add(f"{key} guest preempted", percentile([g[2] for g in guest], 0.5))
+                    add(f"{key} guest wait", percentile([g[3] for g in guest], 0.5))
                     for libc in LIBCS:
                         native = runs[name, engine, libc]
                         add(f"{key} {libc}", percentile([x[0] for x in native], 0.5))
                         add(f"{key} {libc} cpu", percentile([x[1] for x in native], 0.5))
+                        add(f"{key} {libc} preempted", percentile([x[2] for x in native], 0.5))
                         add(f"{key} {libc} paired", median(x[0] / g[0] for g, x in zip(guest, native, strict=True)))
                         add(f"{key} {libc} paired cpu",
                             median(x[1] / g[1] for g, x in zip(guest, native, strict=True)))
@@ -341,7 +358,7 @@ async def measure(opts: argparse.Namespace, natives: dict[tuple[str, str, str], 
             if "quickjs" in others:
                 add("fib quickjs", sync_p50(opts.reps, lambda: others["quickjs"].eval(js_loop(n, k))))
             speeds = ", ".join(f"{key[:-7]} {rows[key][-1]:.3f}" for key in rows if key.endswith("glibc paired"))
-            shown = [key for key in rows if "paired" not in key and "cpu" not in key and "wait" not in key]
+            shown = [key for key in rows if not any(w in key for w in ("paired", "cpu", "wait", "preempted"))]
             print(f"round {r + 1}: " + ", ".join(f"{key} {fmt_us(rows[key][-1])}" for key in shown)
                   + f"; speed {speeds}", flush=True)
     return rows
@@ -383,8 +400,10 @@ def main() -> int:
     print(f"\nmedians over {opts.rounds} rounds of p50s (round trips: {opts.calls} calls;"
           f" CPU: {opts.reps} runs per side of {k} x fib({n}) and of sorting 50,000 records):")
     for name, value in m.items():
-        if "paired" not in name:  # ratios, printed below
-            print(f"  {name:<22} {fmt_us(value):>12}")
+        if "preempted" in name:
+            print(f"  {name:<26} {value:>8.1f} times per run")
+        elif "paired" not in name:  # ratios, printed below
+            print(f"  {name:<26} {fmt_us(value):>12}")
     for key in (f"{name} {engine}" for name in workloads(n, k) for engine in ("js", "lua")):
         speeds = "; ".join(
             f"native {libc} ÷ guest {m[f'{key} {libc} paired']:.3f} (median of pairs),"
