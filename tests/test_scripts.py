@@ -483,6 +483,19 @@ async def test_js_rejections_are_script_errors(js: aionub.JsSandbox) -> None:
     assert not js.poisoned and await js.eval("1") == 1
 
 
+async def test_js_proxy_traps_that_throw_are_script_errors(js: aionub.JsSandbox) -> None:
+    # Asking whether a value is a Promise or a Uint8Array runs a Proxy's
+    # getPrototypeOf trap: its exception is the call's, not swallowed.
+    trap = "new Proxy({}, {getPrototypeOf() { throw new Error('trap ' + where) }})"
+    await js.exec("var where = 'top'")
+    with pytest.raises(aionub.ScriptError, match="^Error: trap top$"):
+        await js.eval(trap)
+    await js.exec("where = 'nested'")
+    with pytest.raises(aionub.ScriptError, match="^Error: trap nested$"):
+        await js.eval(f"[1, {{inner: {trap}}}]")
+    assert await js.eval("[new Uint8Array([1, 2]), 'ok']") == [b"\x01\x02", "ok"]
+
+
 async def test_js_a_promise_that_never_settles(js: aionub.JsSandbox) -> None:
     await js.exec("var resolveLater; var waiting = new Promise(r => { resolveLater = r })")
     with pytest.raises(aionub.ScriptError, match="the promise never settled"):

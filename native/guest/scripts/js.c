@@ -72,7 +72,13 @@ static int to_ab_object(JSValueConst v, ab_value *out, int depth) {
         return conv_fail("arrays and objects nest deeper than %d levels", SCRIPT_MAX_DEPTH);
     seen[depth] = ptr;
 
-    if (JS_IsInstanceOf(ctx, v, u8_ctor) > 0) {
+    /* instanceof runs script code for a Proxy (its getPrototypeOf trap):
+     * -1 is an exception, pending. */
+    int is_u8 = JS_IsInstanceOf(ctx, v, u8_ctor), is_ab = is_u8 ? 0 : JS_IsInstanceOf(ctx, v, ab_ctor);
+    int is_typed = is_u8 || is_ab ? 0 : JS_IsInstanceOf(ctx, v, typed_ctor);
+    if (is_u8 < 0 || is_ab < 0 || is_typed < 0)
+        return -2;
+    if (is_u8) {
         size_t off, len, bpe;
         JSValue buf = JS_GetTypedArrayBuffer(ctx, v, &off, &len, &bpe);
         if (JS_IsException(buf))
@@ -85,7 +91,7 @@ static int to_ab_object(JSValueConst v, ab_value *out, int depth) {
         *out = owned_buf(AB_BYTES, data ? data + off : (const uint8_t *)"", len);
         return 0;
     }
-    if (JS_IsInstanceOf(ctx, v, ab_ctor) > 0) {
+    if (is_ab) {
         size_t size;
         uint8_t *data = JS_GetArrayBuffer(ctx, &size, v);
         if (data == NULL)
@@ -93,7 +99,7 @@ static int to_ab_object(JSValueConst v, ab_value *out, int depth) {
         *out = owned_buf(AB_BYTES, data ? data : (const uint8_t *)"", size);
         return 0;
     }
-    if (JS_IsInstanceOf(ctx, v, typed_ctor) > 0)
+    if (is_typed)
         return conv_fail("a typed array other than Uint8Array cannot be converted");
 
     if (JS_IsArray(ctx, v) > 0) {
@@ -295,8 +301,14 @@ enum { SETTLED = 0, FAILED = -1, NEVER_SETTLES = -2 };
  * NEVER_SETTLES (*v freed: no job is left that could settle it; whatever it
  * waits for cannot happen, as nothing outside the script resolves promises). */
 static int settle(JSValue *v) {
-    if (!JS_IsObject(*v) || JS_IsInstanceOf(ctx, *v, promise_ctor) <= 0)
-        return SETTLED;
+    int is_promise = JS_IsObject(*v) ? JS_IsInstanceOf(ctx, *v, promise_ctor) : 0;
+    if (is_promise <= 0) {
+        if (is_promise == 0)
+            return SETTLED;
+        JS_FreeValue(ctx, *v); /* a Proxy's getPrototypeOf trap threw */
+        *v = JS_UNDEFINED;
+        return FAILED;
+    }
     JSValue s = JS_Call(ctx, settle_fn, JS_UNDEFINED, 1, (JSValueConst *)v);
     JS_FreeValue(ctx, *v);
     *v = JS_UNDEFINED;
