@@ -488,10 +488,10 @@ async def test_js_proxy_traps_that_throw_are_script_errors(js: aionub.JsSandbox)
     # getPrototypeOf trap: its exception is the call's, not swallowed.
     trap = "new Proxy({}, {getPrototypeOf() { throw new Error('trap ' + where) }})"
     await js.exec("var where = 'top'")
-    with pytest.raises(aionub.ScriptError, match="^Error: trap top$"):
+    with pytest.raises(aionub.ScriptError, match=r"^Error: trap top$"):
         await js.eval(trap)
     await js.exec("where = 'nested'")
-    with pytest.raises(aionub.ScriptError, match="^Error: trap nested$"):
+    with pytest.raises(aionub.ScriptError, match=r"^Error: trap nested$"):
         await js.eval(f"[1, {{inner: {trap}}}]")
     assert await js.eval("[new Uint8Array([1, 2]), 'ok']") == [b"\x01\x02", "ok"]
 
