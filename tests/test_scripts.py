@@ -404,6 +404,7 @@ async def test_host_results_that_cannot_be_sent_are_errors_in_the_script(languag
         "big": lambda: "x" * 70_000,
         "async_set": async_set,
         "raises": raises,
+        "length": len,
     }
     probe = {
         "js": "function probe(n) { try { host[n]() } catch (e) { return e.name + ': ' + e.message } return 'none' }",
@@ -411,7 +412,7 @@ async def test_host_results_that_cannot_be_sent_are_errors_in_the_script(languag
     }
     async with CLASSES[language].create(host_functions=hosts, output_size=64 * 1024) as sb:
         await sb.exec(probe[language])
-        caught = {name: await sb.call("probe", name) for name in hosts if name != "deep_ok"}
+        caught = {name: await sb.call("probe", name) for name in hosts if name not in {"deep_ok", "length"}}
         prefix = "HostError: " if language == "js" else ""
         expected = {
             "aset": "TypeError: the result of host.aset(): cannot pass a value of type set",
@@ -430,6 +431,11 @@ async def test_host_results_that_cannot_be_sent_are_errors_in_the_script(languag
         assert not sb.poisoned
         assert await sb.eval("host.deep_ok()") == _nested(aionub_scripts.SCRIPT_MAX_DEPTH)
         assert await sb.eval("1 + 1") == 2
+        # Arguments that do not fit in the output buffer never reach the host.
+        big = {"js": "host.length('x'.repeat(70000))", "lua": "host.length(string.rep('x', 70000))"}
+        with pytest.raises(aionub.ScriptError, match=r"host\.length\(\): .*do not fit in the output buffer"):
+            await sb.eval(big[language])
+        assert await sb.eval("host.length('abc')") == 3
 
 
 def test_script_host_functions_checks_output_size() -> None:
