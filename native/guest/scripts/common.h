@@ -205,8 +205,9 @@ static int script_host_call(const char *name, size_t name_len, ab_value args, ab
          * be sent: arguments larger than the output buffer; or an ERROR
          * reply), which speaks of SCRIPT_HOST: name the script's host
          * function first. */
-        int n = snprintf(script_host_error, sizeof script_host_error, "host.%.200s(): %.*s", name,
-                         (int)(reply->buf.len < 800 ? reply->buf.len : 800), reply->buf.ptr);
+        int n = snprintf(script_host_error, sizeof script_host_error, "host.%.*s(): %.*s",
+                         (int)(name_len < 200 ? name_len : 200), name,
+                         (int)(reply->buf.len < 800 ? reply->buf.len : 800), (const char *)reply->buf.ptr);
         size_t len = n < 0 ? 0 : (size_t)n < sizeof script_host_error ? (size_t)n : sizeof script_host_error - 1;
         if (reply->buf.len > 800) { /* cut: drop a character that may be cut in two */
             while (len > 0 && ((unsigned char)script_host_error[len - 1] & 0xC0) == 0x80)
