@@ -549,10 +549,27 @@ async def test_js_unhandled_rejections_are_logged(js: aionub.JsSandbox, caplog: 
         assert await js.eval("Promise.reject(new Error('lost')); 1") == 1
         assert await js.eval("var p = Promise.reject(new Error('caught later')); p.catch(() => {}); 2") == 2
         assert await js.eval("for (let i = 0; i < 20; i++) Promise.reject(i); 3") == 3
+        # A reason whose toString rejects and handles other promises: those
+        # are the next call's to report, and nothing is freed twice.
+        assert await js.eval("""
+            var early = Promise.reject(new Error('early'))
+            Promise.reject({toString() {
+                early.catch(() => {})
+                Promise.reject('from toString')
+                return 'odd reason'
+            }})
+            4
+        """) == 4
+        assert await js.eval("5") == 5
     messages = [r.getMessage().split("] ", 1)[1] for r in caplog.records if r.name == "aionub.guest"]
     assert messages[0] == "unhandled promise rejection: Error: lost"
-    assert messages[1:] == [f"unhandled promise rejection: {i}" for i in range(8)] + [
+    assert messages[1:10] == [f"unhandled promise rejection: {i}" for i in range(8)] + [
         "12 more unhandled promise rejections"
+    ]
+    assert messages[10:] == [
+        "unhandled promise rejection: Error: early",
+        "unhandled promise rejection: odd reason",
+        "unhandled promise rejection: from toString",
     ]
 
 

@@ -372,21 +372,30 @@ static void track_rejection(JSContext *c, JSValueConst promise, JSValueConst rea
     n_unhandled++;
 }
 
-/* At the end of a call: one WARNING log record per rejection still unhandled. */
+/* At the end of a call: one WARNING log record per rejection still unhandled.
+ * Showing a reason may run script code (its toString), which may reject
+ * promises or handle them: the list is taken and emptied first, so the
+ * tracker only ever sees a list this loop no longer reads; what that code
+ * adds is reported at the end of the next call. */
 static void report_unhandled(void) {
-    for (int i = 0; i < n_unhandled; i++) {
-        const char *reason = JS_ToCString(ctx, unhandled[i].reason);
+    struct {
+        JSValue promise, reason;
+    } taken[MAX_UNHANDLED];
+    int n = n_unhandled, dropped = n_unhandled_dropped;
+    memcpy(taken, unhandled, (size_t)n * sizeof taken[0]);
+    n_unhandled = n_unhandled_dropped = 0;
+    for (int i = 0; i < n; i++) {
+        const char *reason = JS_ToCString(ctx, taken[i].reason);
         if (reason == NULL)
             JS_FreeValue(ctx, JS_GetException(ctx));
         ab_log(AB_LOG_WARNING, "unhandled promise rejection: %s", reason ? reason : "(a value that cannot be shown)");
         if (reason)
             JS_FreeCString(ctx, reason);
-        JS_FreeValue(ctx, unhandled[i].promise);
-        JS_FreeValue(ctx, unhandled[i].reason);
+        JS_FreeValue(ctx, taken[i].promise);
+        JS_FreeValue(ctx, taken[i].reason);
     }
-    if (n_unhandled_dropped)
-        ab_log(AB_LOG_WARNING, "%d more unhandled promise rejections", n_unhandled_dropped);
-    n_unhandled = n_unhandled_dropped = 0;
+    if (dropped)
+        ab_log(AB_LOG_WARNING, "%d more unhandled promise rejections", dropped);
 }
 
 /* ---- results --------------------------------------------------------------------------- */
