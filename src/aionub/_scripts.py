@@ -225,17 +225,21 @@ class _ScriptSandbox:
 
     async def eval(self, code: str, *, timeout: float | None = None) -> Any:
         """Evaluate ``code`` and return its value converted to Python (JS: the
-        completion value; Lua: the first result, ``code`` being tried as an
-        expression first). Raises :class:`ScriptError` if it raises."""
+        completion value, a Promise's once it settles; Lua: the first result,
+        ``code`` being tried as an expression first). Raises
+        :class:`ScriptError` if it raises (or its promise rejects)."""
         return _unwrap(await self.sandbox.call("eval", _check_code(code), timeout=timeout))
 
     async def exec(self, code: str, *, timeout: float | None = None) -> None:
-        """Run ``code`` for its effects (definitions stay for later calls)."""
+        """Run ``code`` for its effects (definitions stay for later calls). In
+        JavaScript, a Promise that the script's completion value is settles
+        first."""
         _unwrap(await self.sandbox.call("exec", _check_code(code), timeout=timeout))
 
     async def call(self, function: str, /, *args: Any, timeout: float | None = None) -> Any:
         """Call the global function ``function`` with ``args`` converted to
-        the script's values; return its result converted back."""
+        the script's values; return its result converted back (in JavaScript,
+        what a returned Promise settles to: an ``async function`` works)."""
         if not isinstance(function, str):
             raise TypeError(f"function must be a str, not {type(function).__name__}")
         return _unwrap(await self.sandbox.call("call", function, list(args), timeout=timeout))
