@@ -232,8 +232,8 @@ class _ScriptSandbox:
 
     async def exec(self, code: str, *, timeout: float | None = None) -> None:
         """Run ``code`` for its effects (definitions stay for later calls). In
-        JavaScript, a Promise that the script's completion value is settles
-        first."""
+        JavaScript, if the script's completion value is a Promise, it is
+        awaited (its rejection raises :class:`ScriptError`)."""
         _unwrap(await self.sandbox.call("exec", _check_code(code), timeout=timeout))
 
     async def call(self, function: str, /, *args: Any, timeout: float | None = None) -> Any:
