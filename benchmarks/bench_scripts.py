@@ -49,8 +49,8 @@ fib runs; no isolation: they run in the calling process), and a `qjs` or
 `lua` binary started per call (skipped, with the reason, when none is on
 PATH). Install the bindings with pip install '.[bench]'.
 
-    python benchmarks/bench_scripts.py            # about 40 s on 2 cores (+80 s the first time: builds)
-    python benchmarks/bench_scripts.py --quick    # about 15 s
+    python benchmarks/bench_scripts.py            # about 65 s on 2 shared cores (more the first time: builds)
+    python benchmarks/bench_scripts.py --quick    # about 25 s
 """
 
 from __future__ import annotations
