@@ -100,6 +100,25 @@ def build_c(
 _rawkvm: ctypes.CDLL | None = None
 
 
+def build_musl_c(output_name: str, sources: Sequence[Path], *, cflags: Sequence[str],
+                 depends: Iterable[Path] = ()) -> Path:
+    """A static Linux executable of ``sources`` on the guest SDK's own musl
+    (its headers and libc.a, with ``musl_linux.c``): the same C library as a
+    guest, outside the VM. ``cflags`` are the code generation flags (the
+    guest's, typically: musl sets the stack protector's canary up natively
+    too)."""
+    from aionub import _build
+
+    sdk = _build.SdkLayout.installed()
+    cc_include = subprocess.run(["gcc", "-print-file-name=include"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+    return build_c(
+        output_name, [*sources, HERE / "musl_linux.c"], depends=[*depends, sdk.libc_archive],
+        cflags=[*cflags, "-isystem", str(sdk.libc_include), "-isystem", cc_include],
+        ldflags=["-static", "-no-pie", "-nostdlib", str(sdk.libc_archive), "-lgcc"],
+    )
+
+
 def open_rawkvm() -> ctypes.CDLL:
     """Build and load ``rawkvm.c`` (one raw CPL3 VM, see floor_vm.h) and open
     its VM. ``lib.rk_roundtrip()`` is then one KVM_RUN round trip; ctypes

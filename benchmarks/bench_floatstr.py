@@ -41,7 +41,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import BUILD_DIR, HERE, build_c, fmt_us, median, percentile, require_kvm, target  # noqa: E402
+from _common import (  # noqa: E402
+    BUILD_DIR,
+    HERE,
+    build_c,
+    build_musl_c,
+    fmt_us,
+    median,
+    percentile,
+    require_kvm,
+    target,
+)
 
 import aionub  # noqa: E402
 from aionub import _build  # noqa: E402
@@ -67,15 +77,7 @@ def build_native() -> tuple[ctypes.CDLL, list[str]]:
 
 def build_native_musl() -> Path:
     """floatstr.c with floatstr_musl.c, static, against the SDK's libc.a."""
-    sdk = _build.SdkLayout.installed()
-    cc_include = subprocess.run(["gcc", "-print-file-name=include"], capture_output=True, text=True,
-                                check=True).stdout.strip()
-    flags = [f for f in _build.GUEST_CFLAGS if f not in ("-fstack-protector-strong",)]
-    return build_c(
-        "floatstr_musl", [WORKLOAD, HERE / "floatstr_musl.c"], depends=[sdk.libc_archive],
-        cflags=[*flags, "-fno-stack-protector", "-isystem", str(sdk.libc_include), "-isystem", cc_include],
-        ldflags=["-static", "-no-pie", "-nostdlib", str(sdk.libc_archive), "-lgcc"],
-    )
+    return build_musl_c("floatstr_musl", [WORKLOAD, HERE / "floatstr_musl.c"], cflags=_build.GUEST_CFLAGS)
 
 
 def run_native_musl(exe: Path, n: int, seed: int, reps: int) -> list[float]:

@@ -2,11 +2,14 @@
  * -DENGINE_JS, Lua 5.4 with -DENGINE_LUA), compiled from the same pinned
  * sources as the runtime guests, in a plain host process.
  *
- *     scripts_native SETUP_FILE TIMED_FILE REPS
+ *     scripts_native SETUP_FILE TIMED_FILE
  *
- * runs SETUP_FILE once, then TIMED_FILE REPS times, and prints the time of
- * each run of TIMED_FILE in nanoseconds (CLOCK_MONOTONIC around the
- * engine's eval), one per line. Startup and the setup are not timed. */
+ * runs SETUP_FILE once and TIMED_FILE once untimed (a warm-up: the heap's
+ * first pages, the code's first faults), then for each line read from stdin
+ * runs TIMED_FILE once more and prints "WALL_NS CPU_NS" (CLOCK_MONOTONIC and
+ * CLOCK_THREAD_CPUTIME_ID around the engine's eval) on a line of its own,
+ * flushed. One process serves a whole benchmark, so that its runs can
+ * alternate with the guest's one by one. */
 #define _GNU_SOURCE
 #include <stdint.h>
 #include <stdio.h>
@@ -43,9 +46,9 @@ static char *slurp(const char *path) {
     return buf;
 }
 
-static int64_t now_ns(void) {
+static int64_t now_ns(clockid_t clock) {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(clock, &ts);
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
@@ -92,18 +95,21 @@ static void open_engine(void) {
 #endif
 
 int main(int argc, char **argv) {
-    if (argc != 4) {
-        fprintf(stderr, "usage: %s SETUP_FILE TIMED_FILE REPS\n", argv[0]);
+    if (argc != 3) {
+        fprintf(stderr, "usage: %s SETUP_FILE TIMED_FILE (then one line on stdin per timed run)\n", argv[0]);
         return 2;
     }
     char *setup = slurp(argv[1]), *timed = slurp(argv[2]);
-    int reps = atoi(argv[3]);
     open_engine();
     run(setup, "setup");
-    for (int i = 0; i < reps; i++) {
-        int64_t t0 = now_ns();
+    run(timed, "warm-up");
+    char line[64];
+    while (fgets(line, sizeof line, stdin)) {
+        int64_t w0 = now_ns(CLOCK_MONOTONIC), c0 = now_ns(CLOCK_THREAD_CPUTIME_ID);
         run(timed, "timed");
-        printf("%lld\n", (long long)(now_ns() - t0));
+        int64_t c1 = now_ns(CLOCK_THREAD_CPUTIME_ID), w1 = now_ns(CLOCK_MONOTONIC);
+        printf("%lld %lld\n", (long long)(w1 - w0), (long long)(c1 - c0));
+        fflush(stdout);
     }
     return 0;
 }

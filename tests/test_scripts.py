@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import aionub
+import aionub._scripts as aionub_scripts
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(300)]
 
@@ -376,6 +377,200 @@ async def test_host_functions(language: str) -> None:
             await sb.call("unconvertible")
         assert not sb.poisoned
         assert seen[:2] == [("apple", 2), ("pear", 4)]
+
+
+def _nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("language", LANGS)
+async def test_host_results_that_cannot_be_sent_are_errors_in_the_script(language: str) -> None:
+    async def async_set() -> set[int]:
+        await asyncio.sleep(0)
+        return {1}
+
+    def raises() -> None:
+        raise KeyError("k")
+
+    hosts = {
+        "aset": lambda: {1, 2},
+        "obj": lambda: {"inner": [object()]},
+        "huge_int": lambda: 2**70,
+        "deep": lambda: _nested(aionub_scripts.SCRIPT_MAX_DEPTH + 1),
+        "deep_ok": lambda: _nested(aionub_scripts.SCRIPT_MAX_DEPTH),
+        "big": lambda: "x" * 70_000,
+        "async_set": async_set,
+        "raises": raises,
+        "length": len,
+    }
+    probe = {
+        "js": "function probe(n) { try { host[n]() } catch (e) { return e.name + ': ' + e.message } return 'none' }",
+        "lua": "function probe(n) local ok, e = pcall(host[n]); if ok then return 'none' end return e end",
+    }
+    async with CLASSES[language].create(host_functions=hosts, output_size=64 * 1024) as sb:
+        await sb.exec(probe[language])
+        caught = {name: await sb.call("probe", name) for name in hosts if name not in {"deep_ok", "length"}}
+        prefix = "HostError: " if language == "js" else ""
+        expected = {
+            "aset": "TypeError: the result of host.aset(): cannot pass a value of type set",
+            "obj": "TypeError: the result of host.obj()['inner'][0]: cannot pass a value of type object",
+            "huge_int": "OverflowError: the result of host.huge_int(): 1180591620717411303424 does not fit",
+            "deep": "ValueError: the result of host.deep()" + "[0]" * 60 + ": lists and dicts nest deeper than 60",
+            "big": "ValueError: the result of host.big() takes 70006 bytes encoded, more than the 65536-byte",
+            "async_set": "TypeError: the result of host.async_set(): cannot pass a value of type set",
+            "raises": "KeyError: 'k'",
+        }
+        for name, text in expected.items():
+            assert prefix + text in caught[name], (name, caught[name])
+        # Uncaught, it is the call's ScriptError, and the sandbox goes on.
+        with pytest.raises(aionub.ScriptError, match=r"the result of host\.aset\(\): cannot pass a value of type set"):
+            await sb.eval("host.aset()")
+        assert not sb.poisoned
+        assert await sb.eval("host.deep_ok()") == _nested(aionub_scripts.SCRIPT_MAX_DEPTH)
+        assert await sb.eval("1 + 1") == 2
+        # Arguments that do not fit in the output buffer never reach the host.
+        big = {"js": "host.length('x'.repeat(70000))", "lua": "host.length(string.rep('x', 70000))"}
+        with pytest.raises(aionub.ScriptError, match=r"host\.length\(\): .*do not fit in the output buffer"):
+            await sb.eval(big[language])
+        assert await sb.eval("host.length('abc')") == 3
+
+
+def test_script_host_functions_checks_output_size() -> None:
+    with pytest.raises(TypeError, match="output_size must be an int, not str"):
+        aionub.script_host_functions({}, output_size="1")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="output_size must be positive, not 0"):
+        aionub.script_host_functions({}, output_size=0)
+
+
+async def test_script_host_checks_what_the_runtime_sends() -> None:
+    # script.host is an ordinary host function: a C guest can call it with anything.
+    dispatch = aionub.script_host_functions({"f": lambda: 1})["script.host"]
+    assert dispatch("f") == [False, "script.host takes (name: str, args: list), not 1 arguments"]
+    assert dispatch(1, []) == [False, "script.host takes (name: str, args: list), not 2 arguments"]
+    assert dispatch("f", [])[0] is True
+
+
+# ---- JavaScript promises --------------------------------------------------------------------------------
+
+
+async def test_js_promise_results_are_awaited(js: aionub.JsSandbox) -> None:
+    assert await js.eval("Promise.resolve(5)") == 5
+    assert await js.eval("Promise.resolve(1).then(x => x + 1).then(x => [x, 'two'])") == [2, "two"]
+    await js.exec("async function twice(x) { await null; await null; return {x: x * 2} }")
+    assert await js.call("twice", 21) == {"x": 42}
+    assert await js.eval("new Promise(resolve => Promise.resolve().then(() => resolve('late')))") == "late"
+    # exec waits for a promise too, so an async main's effects are done.
+    await js.exec("(async () => { await null; globalThis.finished = true })()")
+    assert await js.eval("finished") is True
+    # The settled value is converted as any result is.
+    with pytest.raises(aionub.ScriptError, match=r"^result\.f: a function cannot be converted$"):
+        await js.eval("Promise.resolve({f() {}})")
+    # QuickJS 2021-03-27 has no top-level await.
+    with pytest.raises(aionub.ScriptError, match="SyntaxError"):
+        await js.eval("await Promise.resolve(1)")
+
+
+async def test_js_rejections_are_script_errors(js: aionub.JsSandbox) -> None:
+    with pytest.raises(aionub.ScriptError) as info:
+        await js.eval("Promise.reject(new TypeError('nope'))")
+    assert info.value.message == "TypeError: nope" and "<eval>" in info.value.stack
+    await js.exec("async function deep() { await null; throw new RangeError('too far') }")
+    with pytest.raises(aionub.ScriptError) as info:
+        await js.call("deep")
+    assert info.value.message == "RangeError: too far" and "at deep" in info.value.stack
+    with pytest.raises(aionub.ScriptError) as info:
+        await js.eval("Promise.reject(42)")
+    assert info.value.message == "42" and info.value.stack == ""
+    with pytest.raises(aionub.ScriptError, match="in exec"):
+        await js.exec("Promise.reject(new Error('in exec'))")
+    assert not js.poisoned and await js.eval("1") == 1
+
+
+async def test_js_proxy_traps_that_throw_are_script_errors(js: aionub.JsSandbox) -> None:
+    # Asking whether a value is a Promise or a Uint8Array runs a Proxy's
+    # getPrototypeOf trap: its exception is the call's, not swallowed.
+    trap = "new Proxy({}, {getPrototypeOf() { throw new Error('trap ' + where) }})"
+    await js.exec("var where = 'top'")
+    with pytest.raises(aionub.ScriptError, match=r"^Error: trap top$"):
+        await js.eval(trap)
+    await js.exec("where = 'nested'")
+    with pytest.raises(aionub.ScriptError, match=r"^Error: trap nested$"):
+        await js.eval(f"[1, {{inner: {trap}}}]")
+    assert await js.eval("[new Uint8Array([1, 2]), 'ok']") == [b"\x01\x02", "ok"]
+
+
+async def test_js_a_promise_that_never_settles(js: aionub.JsSandbox) -> None:
+    await js.exec("var resolveLater; var waiting = new Promise(r => { resolveLater = r })")
+    with pytest.raises(aionub.ScriptError, match="the promise never settled"):
+        await js.eval("waiting")
+    with pytest.raises(aionub.ScriptError, match="the promise never settled"):
+        await js.eval("(async () => { await new Promise(() => {}); return 1 })()")
+    assert not js.poisoned
+    # Settled by a later call, the same promise is a value.
+    assert await js.eval("resolveLater(7); waiting") == 7
+
+
+async def test_js_endless_jobs_are_stopped_by_the_timeout(js: aionub.JsSandbox) -> None:
+    snap = await js.snapshot()
+    with pytest.raises(aionub.CallTimeout):
+        await js.exec("function spin() { return Promise.resolve().then(spin) } spin()", timeout=0.3)
+    assert js.poisoned
+    await js.restore(snap)
+    assert await js.eval("Promise.resolve(3)") == 3
+
+
+async def test_js_awaiting_host_functions() -> None:
+    async def price(item: str) -> float:
+        await asyncio.sleep(0.001)
+        if item == "bad":
+            raise LookupError(item)
+        return {"apple": 0.5, "pear": 0.75}[item]
+
+    code = """
+        async function total(items) { let sum = 0; for (const i of items) sum += await host.price(i); return sum }
+        async function careful(item) {
+            try { return await host.price(item) } catch (e) { return e.name + ': ' + e.message }
+        }
+    """
+    async with aionub.JsSandbox.create(host_functions={"price": price}) as js:
+        await js.exec(code)
+        assert await js.call("total", ["apple", "pear", "pear"]) == 2
+        assert await js.call("careful", "bad") == "HostError: LookupError: bad"
+        with pytest.raises(aionub.ScriptError, match=r"^HostError: LookupError: bad$"):
+            await js.call("total", ["apple", "bad"])
+        assert not js.poisoned
+
+
+async def test_js_unhandled_rejections_are_logged(js: aionub.JsSandbox, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="aionub.guest"):
+        assert await js.eval("Promise.reject(new Error('lost')); 1") == 1
+        assert await js.eval("var p = Promise.reject(new Error('caught later')); p.catch(() => {}); 2") == 2
+        assert await js.eval("for (let i = 0; i < 20; i++) Promise.reject(i); 3") == 3
+        # A reason whose toString rejects and handles other promises: those
+        # are the next call's to report, and nothing is freed twice.
+        assert await js.eval("""
+            var early = Promise.reject(new Error('early'))
+            Promise.reject({toString() {
+                early.catch(() => {})
+                Promise.reject('from toString')
+                return 'odd reason'
+            }})
+            4
+        """) == 4
+        assert await js.eval("5") == 5
+    messages = [r.getMessage().split("] ", 1)[1] for r in caplog.records if r.name == "aionub.guest"]
+    assert messages[0] == "unhandled promise rejection: Error: lost"
+    assert messages[1:10] == [f"unhandled promise rejection: {i}" for i in range(8)] + [
+        "12 more unhandled promise rejections"
+    ]
+    assert messages[10:] == [
+        "unhandled promise rejection: Error: early",
+        "unhandled promise rejection: odd reason",
+        "unhandled promise rejection: from toString",
+    ]
 
 
 @pytest.mark.parametrize("language", LANGS)

@@ -8,9 +8,10 @@ The runtimes are guests of ours (``native/guest/scripts/``), built at
 install time into ``aionub/_guests/js.elf`` and ``lua.elf``. Each exports
 ``eval``, ``exec`` and ``call`` returning an envelope, ``[True, value]`` or
 ``[False, message, stack]``; the second becomes :class:`ScriptError`, which
-does not poison the sandbox. Host functions are served through one host
-function, ``script.host`` (:func:`script_host_functions`), which turns a
-Python exception into a script exception. ``docs/scripts.md`` has the
+does not poison the sandbox. A JavaScript promise result is awaited in the
+guest. Host functions are served through one host function, ``script.host``
+(:func:`script_host_functions`), which turns a Python exception, or a result
+that cannot be sent, into a script exception. ``docs/scripts.md`` has the
 conversion rules.
 """
 
@@ -28,8 +29,9 @@ from ._paths import JS_GUEST, LUA_GUEST
 from ._pool import SandboxPool
 from ._sandbox import Creation, Sandbox
 from ._snapshot import Snapshot
+from ._wire import Encoded, encode_value
 
-__all__ = ("ScriptError", "JsSandbox", "LuaSandbox", "script_host_functions", "SCRIPT_DEFAULTS")
+__all__ = ("ScriptError", "JsSandbox", "LuaSandbox", "script_host_functions", "SCRIPT_DEFAULTS", "SCRIPT_MAX_DEPTH")
 
 #: Sandbox options a script sandbox gets unless given: room for the
 #: interpreter's heap and for results and arguments up to 1 MiB encoded.
@@ -41,6 +43,15 @@ SCRIPT_DEFAULTS: Mapping[str, int] = {
 
 #: The one host function the runtimes call; it dispatches to the user's.
 SCRIPT_HOST = "script.host"
+
+#: How deep lists and dicts may nest in values going either way
+#: (SCRIPT_MAX_DEPTH in native/guest/scripts/common.h): the result envelope
+#: adds a level and the wire allows ``_abi.MAX_DEPTH``.
+SCRIPT_MAX_DEPTH = 60
+
+#: A host-call reply is the status byte and the envelope ``[True, value]``
+#: around the encoded value.
+_REPLY_OVERHEAD = 1 + len(encode_value([True, None], "")) - len(encode_value(None, ""))
 
 S = TypeVar("S", bound="_ScriptSandbox")
 
@@ -60,32 +71,71 @@ class ScriptError(SandboxError):
         return self.message
 
 
-def script_host_functions(host_functions: Mapping[str, HostFunction] | None) -> dict[str, HostFunction]:
+def script_host_functions(
+    host_functions: Mapping[str, HostFunction] | None, *, output_size: int = SCRIPT_DEFAULTS["output_size"]
+) -> dict[str, HostFunction]:
     """The ``host_functions`` of a script sandbox's Sandbox (or SandboxPool):
     one dispatcher, ``script.host``, through which scripts reach
-    ``host_functions`` (sync or ``async def``). An exception in one of them
-    is raised in the script as an error ``"<Type>: <message>"``."""
+    ``host_functions`` (sync or ``async def``). ``output_size`` is the
+    sandbox's option of that name.
+
+    Whatever goes wrong in a host function is raised in the script as an
+    error ``"<Type>: <message>"``, which the script may catch, and the call
+    goes on: the function raised, or its result cannot be sent (a type the
+    wire does not carry, an int beyond 64 bits, nesting deeper than
+    :data:`SCRIPT_MAX_DEPTH`, more than fits in the output buffer)."""
     functions = check_host_functions(host_functions)
+    if not isinstance(output_size, int) or isinstance(output_size, bool):
+        raise TypeError(f"output_size must be an int, not {type(output_size).__name__}")
+    if output_size <= 0:
+        raise ValueError(f"output_size must be positive, not {output_size}")
+    room = output_size - _REPLY_OVERHEAD
+
+    def reply(name: str, result: Any) -> list[Any]:
+        # Encoded here rather than by the host-call layer: a result that
+        # cannot be sent is then an error in the script, not a
+        # HostFunctionError that fails the whole call.
+        what = f"the result of host.{name}()"
+        try:
+            encoded = encode_value(result, what, max_depth=SCRIPT_MAX_DEPTH)
+        except (TypeError, ValueError, OverflowError) as exc:
+            return _failure(exc)
+        if len(encoded) > room:
+            return [
+                False,
+                f"ValueError: {what} takes {len(encoded)} bytes encoded, more than the "
+                f"{output_size}-byte output buffer holds (option output_size)",
+            ]
+        return [True, Encoded(encoded)]
 
     async def finish(name: str, pending: Awaitable[Any]) -> list[Any]:
         try:
-            return [True, await pending]
+            result = await pending
         except Exception as exc:
-            return [False, f"{type(exc).__name__}: {exc}"]
+            return _failure(exc)
+        return reply(name, result)
 
-    def dispatch(name: str, args: list[Any]) -> list[Any] | Coroutine[Any, Any, list[Any]]:
+    def dispatch(*request: Any) -> list[Any] | Coroutine[Any, Any, list[Any]]:
+        # The runtimes (common.h, script_host_call) send (name, args).
+        if len(request) != 2 or not isinstance(request[0], str) or not isinstance(request[1], list):
+            return [False, f"{SCRIPT_HOST} takes (name: str, args: list), not {len(request)} arguments"]
+        name, args = request
         fn = functions.get(name)
         if fn is None:
             return [False, f"no host function named {name!r}"]
         try:
             result = fn(*args)
         except Exception as exc:
-            return [False, f"{type(exc).__name__}: {exc}"]
+            return _failure(exc)
         if inspect.isawaitable(result):
             return finish(name, result)
-        return [True, result]
+        return reply(name, result)
 
     return {SCRIPT_HOST: dispatch}
+
+
+def _failure(exc: Exception) -> list[Any]:
+    return [False, f"{type(exc).__name__}: {exc}"]
 
 
 def _unwrap(envelope: Any) -> Any:
@@ -133,7 +183,10 @@ class _ScriptSandbox:
         use it with ``async with``."""
         options = {**SCRIPT_DEFAULTS, **config}
         creation = Sandbox.create(
-            cls.GUEST, host_functions=script_host_functions(host_functions), name=name or cls.LANGUAGE, **options
+            cls.GUEST,
+            host_functions=script_host_functions(host_functions, output_size=options["output_size"]),
+            name=name or cls.LANGUAGE,
+            **options,
         )
 
         async def factory() -> S:
@@ -161,32 +214,37 @@ class _ScriptSandbox:
             if code is not None:
                 await cls(sandbox).exec(code)
 
+        options = {**SCRIPT_DEFAULTS, **options}
         return SandboxPool(
             cls.GUEST,
-            host_functions=script_host_functions(host_functions),
+            host_functions=script_host_functions(host_functions, output_size=options["output_size"]),
             name=name or cls.LANGUAGE,
             setup=prepare,
-            **{**SCRIPT_DEFAULTS, **options},
+            **options,
         )
 
     async def eval(self, code: str, *, timeout: float | None = None, cpu_timeout: float | None = None) -> Any:
         """Evaluate ``code`` and return its value converted to Python (JS: the
-        completion value; Lua: the first result, ``code`` being tried as an
-        expression first). Raises :class:`ScriptError` if it raises."""
+        completion value, a Promise's once it settles; Lua: the first result,
+        ``code`` being tried as an expression first). Raises
+        :class:`ScriptError` if it raises (or its promise rejects)."""
         return _unwrap(
             await self.sandbox.call("eval", _check_code(code), timeout=timeout, cpu_timeout=cpu_timeout)
         )
 
     async def exec(self, code: str, *, timeout: float | None = None, cpu_timeout: float | None = None) -> None:
-        """Run ``code`` for its effects (definitions stay for later calls)."""
+        """Run ``code`` for its effects (definitions stay for later calls). In
+        JavaScript, if the script's completion value is a Promise, it is
+        awaited (its rejection raises :class:`ScriptError`)."""
         _unwrap(await self.sandbox.call("exec", _check_code(code), timeout=timeout, cpu_timeout=cpu_timeout))
 
     async def call(
         self, function: str, /, *args: Any, timeout: float | None = None, cpu_timeout: float | None = None
     ) -> Any:
         """Call the global function ``function`` with ``args`` converted to
-        the script's values; return its result converted back. ``timeout``
-        and ``cpu_timeout`` are those of :meth:`Sandbox.call`."""
+        the script's values; return its result converted back (in JavaScript,
+        what a returned Promise settles to: an ``async function`` works).
+        ``timeout`` and ``cpu_timeout`` are those of :meth:`Sandbox.call`."""
         if not isinstance(function, str):
             raise TypeError(f"function must be a str, not {type(function).__name__}")
         return _unwrap(

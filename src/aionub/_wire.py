@@ -18,6 +18,7 @@ from ._exceptions import GuestProtocolError
 
 __all__ = (
     "GuestFunction",
+    "Encoded",
     "Reader",
     "encode_value",
     "encode_string",
@@ -37,6 +38,17 @@ _I64_MAX = 2**63 - 1
 Value: TypeAlias = "bool | int | float | str | bytes | list[Value] | dict[str, Value] | None"
 
 _SUPPORTED = "int, float, bool, str, bytes, None, list, tuple, dict"
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """A value already encoded by :func:`encode_value`, sent as it is where a
+    value goes (also inside lists and dicts). Lets a host function check
+    that its result can travel, and say so to the guest, without encoding
+    it twice. Its nesting counts from where it is put: whoever nests it
+    keeps the total within ``_abi.MAX_DEPTH``."""
+
+    data: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,21 +113,23 @@ def _encode_scalar(value: object, what: str, path: list[int | str] | None = None
     return None
 
 
-def encode_value(value: object, what: str) -> bytes:
+def encode_value(value: object, what: str, *, max_depth: int = _abi.MAX_DEPTH) -> bytes:
     """Encode a host value whose type decides the tag. ``what`` names the
     value in error messages ("add() argument 2"); for a value inside lists
     and dicts the message adds the path to it (``f() argument 1[3]['price']``).
 
     Raises TypeError for a type that cannot travel (a set, an object) or a
     dict key that is not a str, ValueError for a list or dict that contains
-    itself or nests deeper than ``_abi.MAX_DEPTH``, OverflowError for an int
-    outside int64."""
+    itself or nests deeper than ``max_depth`` levels (a list or dict at the top
+    is at depth 1), OverflowError for an int outside int64."""
+    if type(value) is Encoded:
+        return value.data
     encoded = _encode_scalar(value, what)
     if encoded is not None:
         return encoded
     if isinstance(value, list | tuple | dict):
         parts: list[bytes] = []
-        _encode_container(value, what, [], set(), parts)
+        _encode_container(value, what, [], set(), parts, max_depth)
         return b"".join(parts)
     raise TypeError(f"{what}: cannot pass a value of type {_type_name(value)} (supported: {_SUPPORTED})")
 
@@ -126,15 +140,14 @@ def _encode_container(
     path: list[int | str],
     active: set[int],
     parts: list[bytes],
+    max_depth: int,
 ) -> None:
     """Append the encoding of a list, tuple or dict to ``parts``. ``path``
     leads from the outermost value to this one and ``active`` holds the ids
     of the containers on that path (a cycle returns to one of them). The
-    recursion is bounded: at most ``_abi.MAX_DEPTH`` levels."""
-    if len(path) >= _abi.MAX_DEPTH:
-        raise ValueError(
-            f"{_path(what, path)}: lists and dicts nest deeper than {_abi.MAX_DEPTH} levels"
-        )
+    recursion is bounded: at most ``max_depth`` levels."""
+    if len(path) >= max_depth:
+        raise ValueError(f"{_path(what, path)}: lists and dicts nest deeper than {max_depth} levels")
     if id(value) in active:
         raise ValueError(f"{_path(what, path)}: the {_type_name(value)} contains itself")
     active.add(id(value))
@@ -151,25 +164,27 @@ def _encode_container(
             except UnicodeEncodeError as exc:
                 raise ValueError(f"{_path(what, path)}: the key is not valid Unicode ({exc.reason})") from None
             parts.append(_U32.pack(len(raw)) + raw + b"\x00")
-            _encode_item(item, what, path, active, parts)
+            _encode_item(item, what, path, active, parts, max_depth)
             path.pop()
     else:
         parts.append(_HEADER.pack(_abi.TAG_LIST, len(value)))
         for i, item in enumerate(value):
             path.append(i)
-            _encode_item(item, what, path, active, parts)
+            _encode_item(item, what, path, active, parts, max_depth)
             path.pop()
     active.discard(id(value))
 
 
 def _encode_item(
-    item: object, what: str, path: list[int | str], active: set[int], parts: list[bytes]
+    item: object, what: str, path: list[int | str], active: set[int], parts: list[bytes], max_depth: int
 ) -> None:
     encoded = _encode_scalar(item, what, path)
     if encoded is not None:
         parts.append(encoded)
+    elif type(item) is Encoded:
+        parts.append(item.data)
     elif isinstance(item, list | tuple | dict):
-        _encode_container(item, what, path, active, parts)
+        _encode_container(item, what, path, active, parts, max_depth)
     else:
         raise TypeError(
             f"{_path(what, path)}: cannot pass a value of type {_type_name(item)} (supported: {_SUPPORTED})"

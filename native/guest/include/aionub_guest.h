@@ -243,9 +243,11 @@ const ab_value *ab_dict_get(const ab_value *dict, const char *key);
  * while the guest is serving a call.
  *
  * Returns 0 and stores the host's return value in *result on success. On an
- * error (the host function raised, is unknown, an argument is not a valid
- * value, or the request could not be sent) returns -1 and stores an AB_STR
- * error message in *result. Results (error messages included) are heap
+ * error (the host function raised, is unknown, or returned a value that
+ * cannot be sent; an argument is not a valid value, or the request could not
+ * be sent) returns -1 and stores an AB_STR error message in *result. An
+ * error on the host's side (the first three) also makes the call raise
+ * HostFunctionError on the host once it returns, whatever the guest does. Results (error messages included) are heap
  * copies, strings and keys NUL-terminated, that stay valid until
  * ab_value_free(result): call it for every result.
  */

@@ -8,8 +8,10 @@
  * Host functions are reached through the one host function SCRIPT_HOST
  * ("script.host"), which aionub._scripts provides: it takes (name, args)
  * and answers [true, value] or [false, "ExceptionType: message"], so a
- * failing host function becomes an exception in the script instead of a
- * HostFunctionError of the whole call.
+ * failing host function, or a result that cannot be sent, becomes an
+ * exception in the script instead of a HostFunctionError of the whole call.
+ * (An ERROR reply, which would fail the call, only comes when script.host
+ * itself is missing or broken: that is an exception in the script too.)
  */
 #ifndef AIONUB_SCRIPTS_COMMON_H
 #define AIONUB_SCRIPTS_COMMON_H
@@ -190,13 +192,31 @@ static ab_value envelope_error(const char *message, size_t mlen, const char *sta
 static const ab_value script_host_malformed = {.type = AB_STR, .buf = {"malformed reply from the host", 29}};
 static const ab_value script_host_failed = {.type = AB_STR, .buf = {"host function failed", 20}};
 
+static char script_host_error[1024];
+static ab_value script_host_error_value;
+
 static int script_host_call(const char *name, size_t name_len, ab_value args, ab_value *reply,
                             const ab_value **payload) {
     ab_value call_args[2] = {ab_strn(name, name_len), args};
     int rc = ab_call_host(SCRIPT_HOST, call_args, 2, reply);
     ab_value_free(&call_args[1]);
-    if (rc != 0) { /* the reply is the error message */
-        *payload = reply;
+    if (rc != 0) {
+        /* The reply is ab_call_host's error message (the request could not
+         * be sent: arguments larger than the output buffer; or an ERROR
+         * reply), which speaks of SCRIPT_HOST: name the script's host
+         * function first. */
+        int n = snprintf(script_host_error, sizeof script_host_error, "host.%.*s(): %.*s",
+                         (int)(name_len < 200 ? name_len : 200), name,
+                         (int)(reply->buf.len < 800 ? reply->buf.len : 800), (const char *)reply->buf.ptr);
+        size_t len = n < 0 ? 0 : (size_t)n < sizeof script_host_error ? (size_t)n : sizeof script_host_error - 1;
+        if (reply->buf.len > 800) { /* cut: drop a character that may be cut in two */
+            while (len > 0 && ((unsigned char)script_host_error[len - 1] & 0xC0) == 0x80)
+                len--;
+            if (len > 0 && (unsigned char)script_host_error[len - 1] >= 0xC0)
+                len--;
+        }
+        script_host_error_value = (ab_value){.type = AB_STR, .buf = {script_host_error, len}};
+        *payload = &script_host_error_value;
         return -1;
     }
     if (reply->type == AB_LIST && reply->list.len == 2 && reply->list.items[0].type == AB_BOOL) {

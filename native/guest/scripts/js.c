@@ -6,7 +6,12 @@
  *                              call the global function `name` with the list args
  *
  * Every result is an envelope (common.h): [true, value] or [false, message,
- * stack]. Conversions (docs/scripts.md):
+ * stack]. A Promise that eval's or exec's script, or call's function,
+ * returns is awaited: pending jobs run until it settles; its rejection is
+ * the error, and "the promise never settled" is one when no job is left
+ * that could settle it. Then the pending jobs run to the end, and every
+ * rejection still unhandled is logged as a WARNING. (QuickJS 2021-03-27
+ * has no top-level await.) Conversions (docs/scripts.md):
  *
  *   JS -> Python: undefined/null -> None; booleans; a number that is an
  *   integer with |x| <= 2**53 -> int (not -0), any other number -> float;
@@ -67,7 +72,13 @@ static int to_ab_object(JSValueConst v, ab_value *out, int depth) {
         return conv_fail("arrays and objects nest deeper than %d levels", SCRIPT_MAX_DEPTH);
     seen[depth] = ptr;
 
-    if (JS_IsInstanceOf(ctx, v, u8_ctor) > 0) {
+    /* instanceof runs script code for a Proxy (its getPrototypeOf trap):
+     * -1 is an exception, pending. */
+    int is_u8 = JS_IsInstanceOf(ctx, v, u8_ctor), is_ab = is_u8 ? 0 : JS_IsInstanceOf(ctx, v, ab_ctor);
+    int is_typed = is_u8 || is_ab ? 0 : JS_IsInstanceOf(ctx, v, typed_ctor);
+    if (is_u8 < 0 || is_ab < 0 || is_typed < 0)
+        return -2;
+    if (is_u8) {
         size_t off, len, bpe;
         JSValue buf = JS_GetTypedArrayBuffer(ctx, v, &off, &len, &bpe);
         if (JS_IsException(buf))
@@ -80,7 +91,7 @@ static int to_ab_object(JSValueConst v, ab_value *out, int depth) {
         *out = owned_buf(AB_BYTES, data ? data + off : (const uint8_t *)"", len);
         return 0;
     }
-    if (JS_IsInstanceOf(ctx, v, ab_ctor) > 0) {
+    if (is_ab) {
         size_t size;
         uint8_t *data = JS_GetArrayBuffer(ctx, &size, v);
         if (data == NULL)
@@ -88,7 +99,7 @@ static int to_ab_object(JSValueConst v, ab_value *out, int depth) {
         *out = owned_buf(AB_BYTES, data ? data : (const uint8_t *)"", size);
         return 0;
     }
-    if (JS_IsInstanceOf(ctx, v, typed_ctor) > 0)
+    if (is_typed)
         return conv_fail("a typed array other than Uint8Array cannot be converted");
 
     if (JS_IsArray(ctx, v) > 0) {
@@ -266,13 +277,128 @@ static JSValue from_ab(const ab_value *v) {
     }
 }
 
-/* ---- results --------------------------------------------------------------------------- */
+/* ---- jobs, promises and unhandled rejections ---------------------------------------------------- */
 
-static void run_jobs(void) {
+static JSValue promise_ctor; /* Promise, as it was before any script ran */
+static JSValue settle_fn;    /* from the prelude: p -> {state: 0 pending | 1 fulfilled | 2 rejected, value} */
+
+/* Runs pending jobs (promise reactions) until none is left. 0, or -1 with
+ * the exception of a job that failed pending (a reaction that throws only
+ * rejects its promise: this is out of memory, stack overflow and the like). */
+static int run_jobs(void) {
     JSContext *c;
-    while (JS_ExecutePendingJob(rt, &c) > 0) {
+    int r;
+    while ((r = JS_ExecutePendingJob(rt, &c)) > 0) {
     }
+    return r;
 }
+
+enum { SETTLED = 0, FAILED = -1, NEVER_SETTLES = -2 };
+
+/* If *v is a Promise, replaces it by the value it settles to, running
+ * pending jobs until it does. SETTLED (*v is a value), FAILED (*v freed, an
+ * exception pending: the rejection reason or a job's failure) or
+ * NEVER_SETTLES (*v freed: no job is left that could settle it; whatever it
+ * waits for cannot happen, as nothing outside the script resolves promises). */
+static int settle(JSValue *v) {
+    int is_promise = JS_IsObject(*v) ? JS_IsInstanceOf(ctx, *v, promise_ctor) : 0;
+    if (is_promise <= 0) {
+        if (is_promise == 0)
+            return SETTLED;
+        JS_FreeValue(ctx, *v); /* a Proxy's getPrototypeOf trap threw */
+        *v = JS_UNDEFINED;
+        return FAILED;
+    }
+    JSValue s = JS_Call(ctx, settle_fn, JS_UNDEFINED, 1, (JSValueConst *)v);
+    JS_FreeValue(ctx, *v);
+    *v = JS_UNDEFINED;
+    if (JS_IsException(s))
+        return FAILED;
+    int rc;
+    for (;;) {
+        int32_t state = 0;
+        JSValue st = JS_GetPropertyStr(ctx, s, "state");
+        JS_ToInt32(ctx, &state, st); /* an int: s is ours, no script sees it */
+        JS_FreeValue(ctx, st);
+        if (state == 1) {
+            *v = JS_GetPropertyStr(ctx, s, "value");
+            rc = SETTLED;
+            break;
+        }
+        if (state == 2) {
+            JS_Throw(ctx, JS_GetPropertyStr(ctx, s, "value"));
+            rc = FAILED;
+            break;
+        }
+        JSContext *c;
+        int r = JS_ExecutePendingJob(rt, &c);
+        if (r != 1) {
+            rc = r < 0 ? FAILED : NEVER_SETTLES;
+            break;
+        }
+    }
+    JS_FreeValue(ctx, s);
+    return rc;
+}
+
+/* Promises rejected with no handler (yet), reported when the call ends:
+ * the tracker adds a promise when it is rejected unhandled and removes it
+ * when a handler is attached later. At most MAX_UNHANDLED are kept. */
+#define MAX_UNHANDLED 8
+static struct {
+    JSValue promise, reason;
+} unhandled[MAX_UNHANDLED];
+static int n_unhandled, n_unhandled_dropped;
+
+static void track_rejection(JSContext *c, JSValueConst promise, JSValueConst reason, JS_BOOL is_handled,
+                            void *opaque) {
+    (void)opaque;
+    if (is_handled) {
+        for (int i = 0; i < n_unhandled; i++)
+            if (JS_VALUE_GET_PTR(unhandled[i].promise) == JS_VALUE_GET_PTR(promise)) {
+                JS_FreeValue(c, unhandled[i].promise);
+                JS_FreeValue(c, unhandled[i].reason);
+                unhandled[i] = unhandled[--n_unhandled];
+                return;
+            }
+        return;
+    }
+    if (n_unhandled == MAX_UNHANDLED) {
+        n_unhandled_dropped++;
+        return;
+    }
+    unhandled[n_unhandled].promise = JS_DupValue(c, promise);
+    unhandled[n_unhandled].reason = JS_DupValue(c, reason);
+    n_unhandled++;
+}
+
+/* At the end of a call: one WARNING log record per rejection still unhandled.
+ * Showing a reason may run script code (its toString), which may reject
+ * promises or handle them: the list is taken and emptied first, so the
+ * tracker only ever sees a list this loop no longer reads; what that code
+ * adds is reported at the end of the next call. */
+static void report_unhandled(void) {
+    struct {
+        JSValue promise, reason;
+    } taken[MAX_UNHANDLED];
+    int n = n_unhandled, dropped = n_unhandled_dropped;
+    memcpy(taken, unhandled, (size_t)n * sizeof taken[0]);
+    n_unhandled = n_unhandled_dropped = 0;
+    for (int i = 0; i < n; i++) {
+        const char *reason = JS_ToCString(ctx, taken[i].reason);
+        if (reason == NULL)
+            JS_FreeValue(ctx, JS_GetException(ctx));
+        ab_log(AB_LOG_WARNING, "unhandled promise rejection: %s", reason ? reason : "(a value that cannot be shown)");
+        if (reason)
+            JS_FreeCString(ctx, reason);
+        JS_FreeValue(ctx, taken[i].promise);
+        JS_FreeValue(ctx, taken[i].reason);
+    }
+    if (dropped)
+        ab_log(AB_LOG_WARNING, "%d more unhandled promise rejections", dropped);
+}
+
+/* ---- results --------------------------------------------------------------------------- */
 
 /* The envelope for the pending exception. */
 static ab_value error_result(void) {
@@ -302,21 +428,38 @@ static ab_value error_result(void) {
     return out;
 }
 
-/* The envelope for `v` (consumed), converted with root path `root`. */
+static const char never_settles[] = "the promise never settled: no pending job is left that could settle it";
+
+/* The envelope for `v` (consumed): a promise is awaited first, then the
+ * pending jobs are run, then the value is converted with root path `root`
+ * (or dropped, if root is NULL). Every call ends here. */
 static ab_value result_of(JSValue v, const char *root) {
-    if (JS_IsException(v))
-        return error_result();
-    run_jobs();
     ab_value out;
-    path_reset(root);
-    int rc = to_ab(v, &out, 0);
-    JS_FreeValue(ctx, v);
-    if (rc == 0)
-        return envelope_ok(out);
-    ab_value_free(&out);
-    if (rc == -2)
-        return error_result();
-    return envelope_error(conv_error, strlen(conv_error), "", 0);
+    int rc = JS_IsException(v) ? FAILED : settle(&v);
+    if (rc == SETTLED && run_jobs() < 0) {
+        JS_FreeValue(ctx, v);
+        rc = FAILED;
+    }
+    if (rc == FAILED) {
+        out = error_result();
+    } else if (rc == NEVER_SETTLES) {
+        out = envelope_error(never_settles, sizeof never_settles - 1, "", 0);
+    } else if (root == NULL) {
+        JS_FreeValue(ctx, v);
+        out = envelope_ok(ab_none());
+    } else {
+        path_reset(root);
+        int conv = to_ab(v, &out, 0);
+        JS_FreeValue(ctx, v);
+        if (conv < 0) {
+            ab_value_free(&out);
+            out = conv == -2 ? error_result() : envelope_error(conv_error, strlen(conv_error), "", 0);
+        } else {
+            out = envelope_ok(out);
+        }
+    }
+    report_unhandled();
+    return out;
 }
 
 static ab_value js_eval(const char *code) {
@@ -327,11 +470,7 @@ AB_EXPORT_AS("eval", js_eval, AB_ANY, AB_STR);
 
 static ab_value js_exec(const char *code) {
     JSValue v = JS_Eval(ctx, code, strlen(code), "<exec>", JS_EVAL_TYPE_GLOBAL);
-    if (JS_IsException(v))
-        return error_result();
-    JS_FreeValue(ctx, v);
-    run_jobs();
-    return envelope_ok(ab_none());
+    return result_of(v, NULL);
 }
 AB_EXPORT_AS("exec", js_exec, AB_ANY, AB_STR);
 
@@ -340,11 +479,11 @@ static ab_value js_call(const char *name, const ab_value *args) {
     JSValue fn = JS_GetPropertyStr(ctx, global, name);
     JS_FreeValue(ctx, global);
     if (JS_IsException(fn))
-        return error_result();
+        return result_of(JS_EXCEPTION, NULL);
     if (!JS_IsFunction(ctx, fn)) {
         JS_FreeValue(ctx, fn);
         JS_ThrowTypeError(ctx, "%s is not a function", name);
-        return error_result();
+        return result_of(JS_EXCEPTION, NULL);
     }
     size_t n = args->type == AB_LIST ? args->list.len : 0;
     JSValue *argv = xcalloc(n, sizeof *argv);
@@ -355,7 +494,7 @@ static ab_value js_call(const char *name, const ab_value *args) {
                 JS_FreeValue(ctx, argv[j]);
             free(argv);
             JS_FreeValue(ctx, fn);
-            return error_result();
+            return result_of(JS_EXCEPTION, NULL);
         }
     }
     JSValue v = JS_Call(ctx, fn, JS_UNDEFINED, (int)n, (JSValueConst *)argv);
@@ -439,6 +578,12 @@ static const char PRELUDE[] =
     "      return (...args) => hostcall(name, args);\n"
     "    },\n"
     "  });\n"
+    "  const then = Promise.prototype.then, apply = Reflect.apply;\n"
+    "  return (p) => {\n" /* settle_fn */
+    "    const s = { state: 0, value: undefined };\n"
+    "    apply(then, p, [(v) => { s.state = 1; s.value = v; }, (e) => { s.state = 2; s.value = e; }]);\n"
+    "    return s;\n"
+    "  };\n"
     "})";
 
 __attribute__((constructor)) static void js_init(void) {
@@ -452,17 +597,18 @@ __attribute__((constructor)) static void js_init(void) {
     JSValue global = JS_GetGlobalObject(ctx);
     u8_ctor = JS_GetPropertyStr(ctx, global, "Uint8Array");
     ab_ctor = JS_GetPropertyStr(ctx, global, "ArrayBuffer");
+    promise_ctor = JS_GetPropertyStr(ctx, global, "Promise");
     JS_FreeValue(ctx, global);
+    JS_SetHostPromiseRejectionTracker(rt, track_rejection, NULL);
     typed_ctor = JS_GetPrototype(ctx, u8_ctor); /* %TypedArray% */
     typed_ctor = JS_DupValue(ctx, typed_ctor);
     JSValue setup = JS_Eval(ctx, PRELUDE, sizeof PRELUDE - 1, "<prelude>", JS_EVAL_TYPE_GLOBAL);
     if (JS_IsException(setup))
         ab_abort(1, "the JavaScript prelude failed");
     JSValue fns[2] = {JS_NewCFunction(ctx, js_log, "log", 2), JS_NewCFunction(ctx, js_host, "host", 2)};
-    JSValue r = JS_Call(ctx, setup, JS_UNDEFINED, 2, (JSValueConst *)fns);
-    if (JS_IsException(r))
+    settle_fn = JS_Call(ctx, setup, JS_UNDEFINED, 2, (JSValueConst *)fns);
+    if (!JS_IsFunction(ctx, settle_fn))
         ab_abort(1, "the JavaScript prelude failed");
-    JS_FreeValue(ctx, r);
     JS_FreeValue(ctx, fns[0]);
     JS_FreeValue(ctx, fns[1]);
     JS_FreeValue(ctx, setup);
