@@ -23,6 +23,9 @@ SOURCES = [
     "vcpustate.c",
     "sandbox.c",
     "snapshot.c",
+    "backing.c",
+    "spawn.c",
+    "snapfile.c",
     "statedump.c",
 ]
 
