@@ -144,7 +144,8 @@ static int vm_build(struct ab_sandbox *sb, char *errbuf, size_t errlen)
     sb->xsave_size = xsave_size > (int)sizeof(struct kvm_xsave)
                          ? (uint32_t)xsave_size
                          : (uint32_t)sizeof(struct kvm_xsave);
-    int rc = set_initial_registers(sb, errbuf, errlen);
+    /* A spawned sandbox's registers come from its snapshot (spawn.c). */
+    int rc = sb->spawn_from ? 0 : set_initial_registers(sb, errbuf, errlen);
     if (rc)
         return rc;
     if (injected(sb, AB_CREATE_FAIL_END))
