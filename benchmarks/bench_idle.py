@@ -231,7 +231,8 @@ def main() -> int:
     n = opts.sandboxes
     out = asyncio.run(run(n, opts.batch, opts.spawn))
     info = out["info"]
-    print(f"{info['created']:,} of {n:,} sandboxes {'spawned' if opts.spawn else 'created'} in {info['created_s']:.1f} s"
+    made = "spawned" if opts.spawn else "created"
+    print(f"{info['created']:,} of {n:,} sandboxes {made} in {info['created_s']:.1f} s"
           f" (batches of {opts.batch}); one call on each: {info['called_s'] * 1000:.0f} ms;"
           f" closing all: {info['closed_s']:.1f} s")
     describe("idle, never called", out["idle"], out["before"], n)
