@@ -15,7 +15,8 @@ def test_public_names() -> None:
     assert set(aionub.__all__) == {
         "BuildError", "CallTimeout", "DEMO_GUEST", "ExecutionCancelled", "GuestAborted", "GuestFault",
         "GuestFunction", "GuestFunctionNotFound", "GuestProtocolError", "HostFunctionError",
-        "InterruptHandle", "InvalidGuest", "InvalidSnapshotFile", "PoolTimeout", "SandboxPool", "KvmUnavailable", "RunResult", "Sandbox",
+        "InterruptHandle", "InvalidGuest", "InvalidSnapshotFile",
+        "PoolTimeout", "SandboxPool", "KvmUnavailable", "RunResult", "Sandbox",
         "SandboxClosed",
         "SandboxConfig",
         "SandboxError", "SandboxPoisoned", "Snapshot", "StackOverflow", "VmError", "build_guest", "process_stats",

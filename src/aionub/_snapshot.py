@@ -57,7 +57,7 @@ class Snapshot:
         return {name: int(getattr(layout, name)) for name in MEMORY_OPTIONS}
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the snapshot to ``path`` (replaced atomically): a versioned
+        """Write the snapshot to ``path`` (replaced atomically, mode 0600): a versioned
         file with the image's identity, the memory layout, the vCPU state,
         the pages the snapshot holds and a SHA-256 checksum. Anyone who can
         write the file controls the guest: keep it as safe as the guest's
