@@ -10,6 +10,7 @@ grow from their template, and a few hundred spawned sandboxes at once.
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from procinfo import settled_vcpu_threads, vcpu_threads
 from test_restore_exact import CASES, HOSTS, context_of, make_call
 
 import aionub
-from aionub._native import lib
+from aionub._native import ffi, lib
 from hostile import hostile_guest
 
 pytestmark = pytest.mark.anyio
@@ -202,6 +203,68 @@ async def test_pages_a_sandbox_never_writes_stay_shared() -> None:
         assert sa2["Anonymous"] >= sa["Anonymous"] + 900, (sa, sa2)
         assert sb2["Anonymous"] == sb_["Anonymous"], (sb_, sb2)
         assert sb2["Shared_Clean"] + sb2["Shared_Dirty"] >= 64, sb2
+
+
+def _private_pages(sb: aionub.Sandbox) -> set[int]:
+    """Guest pages of ``sb`` that are its own copies (anonymous), from /proc/self/pagemap."""
+    size = int(sb._native.layout.memory_size)  # type: ignore[union-attr]
+    address = _memory_address(sb)
+    with open("/proc/self/pagemap", "rb") as f:
+        f.seek(address // PAGE * 8)
+        entries = f.read(size // PAGE * 8)
+    pages = set()
+    for i in range(size // PAGE):
+        entry = int.from_bytes(entries[i * 8 : i * 8 + 8], "little")
+        if entry >> 63 and not (entry >> 61) & 1:  # present, and not a file page
+            pages.add(i)
+    return pages
+
+
+def _held_pages(snap: aionub.Snapshot) -> set[int]:
+    buf = ffi.new("uint8_t[]", lib.ab_snapshot_present_size(snap._ptr))
+    lib.ab_snapshot_present(snap._ptr, buf)
+    bits = int.from_bytes(bytes(buf), "little")
+    return {i for i in range(bits.bit_length()) if bits >> i & 1}
+
+
+@ASYNCIO_ONLY
+async def test_pages_that_will_be_written_are_copied_at_spawn() -> None:
+    # A copy made later, at a write through KVM, would notify every VM in
+    # the process (native/spawn.c): the page tables (accessed/dirty bits)
+    # and the guest-writable pages the snapshot holds are copied up front,
+    # so calls copy no page of the snapshot's image.
+    async with aionub.Sandbox.create(aionub.DEMO_GUEST, **SMALL) as template:
+        snap = await template.snapshot()  # right after start-up: no call has run
+    async with aionub.Sandbox.spawn(snap) as sb:
+        at_spawn = _private_pages(sb)
+        assert 0x4000 // PAGE in at_spawn  # the first page table
+        layout = sb._native.layout  # type: ignore[union-attr]
+        assert layout.stack_addr // PAGE + layout.stack_size // PAGE - 1 in at_spawn  # the stack's top page
+        assert not any(p < 0x4000 // PAGE for p in at_spawn)  # PML4, PDPT, PD stay shared
+        assert at_spawn < _held_pages(snap)  # code and read-only data stay shared
+        for _ in range(3):
+            await sb.call("fib", 15)
+            await sb.call("echo", b"x" * 1000)
+        held = _held_pages(snap)
+        new = _private_pages(sb) - at_spawn
+        assert new and not new & held, sorted(new & held)  # only pages the image does not hold (zero until now)
+
+
+async def test_the_shared_image_outlives_the_snapshot() -> None:
+    async with aionub.Sandbox.create(aionub.DEMO_GUEST, **SMALL) as template:
+        snap = await template.snapshot()
+    sb = await aionub.Sandbox.spawn(snap)
+    try:
+        assert await sb.call("counter") == 1
+        del snap
+        gc.collect()  # the snapshot and its memfd descriptor are gone; the mapping holds the image
+        assert await sb.call("alloc", 500_000) == 500_000
+        assert await sb.call("counter") == 2
+        again = await sb.snapshot()
+        async with aionub.Sandbox.spawn(again) as child:
+            assert await child.call("counter") == 3
+    finally:
+        await sb.aclose()
 
 
 # ---- many, and pools -------------------------------------------------------------------------------
