@@ -117,6 +117,13 @@ def test_not_a_snapshot_file(tmp_path: Path) -> None:
             aionub.Snapshot.load(path)
     with pytest.raises(FileNotFoundError):
         aionub.Snapshot.load(tmp_path / "missing")
+    with pytest.raises(aionub.InvalidSnapshotFile, match="not a regular file"):
+        aionub.Snapshot.load("/dev/zero")  # never read without end
+    big = tmp_path / "big"
+    with open(big, "wb") as f:
+        f.truncate(300 * 1024 * 1024)  # sparse
+    with pytest.raises(aionub.InvalidSnapshotFile, match="larger than any snapshot file"):
+        aionub.Snapshot.load(big)
 
 
 def test_every_truncation_is_refused(snapfile: Path, tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import struct
 import tempfile
 from pathlib import Path
@@ -136,9 +137,21 @@ class _Parser:
         return self.take(n, what)
 
 
+#: No valid file is larger: all of the largest guest memory, plus the rest.
+_MAX_FILE = 256 * 1024 * 1024 + (8 << 20)
+
+
 def load(path: str | os.PathLike[str]) -> Snapshot:
     name = os.fspath(path)
-    data = Path(path).read_bytes()
+    with open(path, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise InvalidSnapshotFile(f"{name}: not a regular file")
+        if info.st_size > _MAX_FILE:
+            raise InvalidSnapshotFile(f"{name}: {info.st_size} bytes is larger than any snapshot file")
+        data = f.read(_MAX_FILE + 1)
+    if len(data) > _MAX_FILE:
+        raise InvalidSnapshotFile(f"{name}: larger than any snapshot file")
     view = memoryview(data)
     if len(data) < len(MAGIC) or data[: len(MAGIC)] != MAGIC:
         raise InvalidSnapshotFile(f"{name}: not a snapshot file (no aionub snapshot header)")
