@@ -8,7 +8,10 @@ calls per sandbox (min / median / max) and Jain's fairness index
 (sum x)^2 / (n * sum x^2): 1.0 when every sandbox made the same number of
 calls, 1/n when one made them all.
 
-    python benchmarks/bench_scale.py [--sandboxes 1000] [--duration 5] [--uvloop]
+    python benchmarks/bench_scale.py [--sandboxes 1000] [--duration 5] [--uvloop] [--spawn]
+
+With --spawn the sandboxes are spawned from one template's snapshot
+(Sandbox.spawn), sharing its guest memory copy-on-write.
 """
 
 from __future__ import annotations
@@ -18,19 +21,25 @@ import asyncio
 import resource
 import statistics
 import time
+from typing import Any
 
 import aionub
 
 
-async def run(sandboxes: int, duration: float) -> list[int]:
+async def run(sandboxes: int, duration: float, spawn: bool = False) -> list[int]:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    options = {"memory_size": 4 * 1024 * 1024}
+    async with aionub.Sandbox.create(aionub.DEMO_GUEST, **options) as sb:
+        template = await sb.snapshot()
+
+    def new() -> Any:
+        return aionub.Sandbox.spawn(template) if spawn else aionub.Sandbox.create(aionub.DEMO_GUEST, **options)
+
     created: list[aionub.Sandbox] = []
     for start in range(0, sandboxes, 50):
         batch = min(50, sandboxes - start)
-        created += await asyncio.gather(
-            *(aionub.Sandbox.create(aionub.DEMO_GUEST, memory_size=4 * 1024 * 1024) for _ in range(batch))
-        )
+        created += await asyncio.gather(*(new() for _ in range(batch)))
     counts = [0] * sandboxes
     go = asyncio.Event()
     deadline = 0.0
@@ -55,16 +64,18 @@ def main() -> None:
     parser.add_argument("--sandboxes", type=int, default=1000)
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--uvloop", action="store_true")
+    parser.add_argument("--spawn", action="store_true", help="spawn the sandboxes from one template's snapshot")
     args = parser.parse_args()
     if args.uvloop:
         import uvloop
 
-        counts = uvloop.run(run(args.sandboxes, args.duration))
+        counts = uvloop.run(run(args.sandboxes, args.duration, args.spawn))
     else:
-        counts = asyncio.run(run(args.sandboxes, args.duration))
+        counts = asyncio.run(run(args.sandboxes, args.duration, args.spawn))
     total = sum(counts)
     jain = total * total / (len(counts) * sum(c * c for c in counts)) if total else 0.0
-    print(f"{args.sandboxes} sandboxes, {args.duration:g} s, {'uvloop' if args.uvloop else 'asyncio'}")
+    how = "spawned from one snapshot" if args.spawn else "created"
+    print(f"{args.sandboxes} sandboxes ({how}), {args.duration:g} s, {'uvloop' if args.uvloop else 'asyncio'}")
     print(f"  calls        {total} ({total / args.duration:,.0f}/s)")
     print(f"  per sandbox  min {min(counts)}  median {statistics.median(counts):g}  max {max(counts)}")
     print(f"  idle         {sum(1 for c in counts if c == 0)} sandboxes made no call")

@@ -25,6 +25,9 @@ SOURCES = [
     "vcpustate.c",
     "sandbox.c",
     "snapshot.c",
+    "backing.c",
+    "spawn.c",
+    "snapfile.c",
     "statedump.c",
 ]
 

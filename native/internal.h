@@ -259,6 +259,9 @@ struct ab_sandbox {
      * vCPU thread only, like the commands that read and reset it). */
     uint64_t sys_output_used;
     struct ab_snapshot *snapshot_result;
+    /* A spawned sandbox's snapshot, whose vCPU state the CREATE command
+     * loads (spawn.c); NULL once loaded, and for created sandboxes. */
+    const struct ab_snapshot *spawn_from;
     /* Fault injection for tests (ab_sandbox_inject_unsettled): this many
      * coming settles report that KVM never settled. vCPU thread only,
      * set while idle. */
@@ -275,7 +278,36 @@ int vm_create(struct ab_sandbox *sb, char *errbuf, size_t errlen);
  * the vCPU thread, while idle): nothing KVM kept inside the old ones can
  * survive. The new memory slot's dirty log starts empty. */
 int vm_rebuild(struct ab_sandbox *sb, char *errbuf, size_t errlen);
-/* snapshot.c */
+/* ---- snapshot.c, backing.c, spawn.c: snapshots ---------------------------- */
+struct ab_snapshot {
+    uint64_t id;        /* unique per process; never reused              */
+    uint8_t image_sha256[32];
+    struct ab_layout layout;
+    uint64_t npages;
+    uint64_t *present;  /* pages held in `mem` (others are zero)         */
+    uint8_t *mem;       /* layout.memory_size bytes: MAP_NORESERVE
+                           anonymous memory, or once shared (backing.c)
+                           a read-only MAP_SHARED view of backing_fd     */
+    uint64_t bytes;     /* pages held, in bytes                          */
+    struct vcpu_state vcpu;
+    /* The sealed memfd holding the memory image that spawned sandboxes
+     * map copy-on-write (backing.c); -1 until the first spawn. */
+    int backing_fd;
+};
+#define AB_BITS 64
+static inline bool test_bit(const uint64_t *map, uint64_t i)
+{
+    return (map[i / AB_BITS] >> (i % AB_BITS)) & 1;
+}
+static inline void set_bit(uint64_t *map, uint64_t i)
+{
+    map[i / AB_BITS] |= 1ull << (i % AB_BITS);
+}
+static inline size_t map_words(uint64_t npages)
+{
+    return (npages + AB_BITS - 1) / AB_BITS;
+}
+uint64_t snapshot_new_id(void);
 int snapshot_init_tracking(struct ab_sandbox *sb, const struct ab_image *img,
                            const uint8_t image_sha256[32]);
 void snapshot_free_tracking(struct ab_sandbox *sb);
@@ -284,6 +316,30 @@ void snapshot_take(struct ab_sandbox *sb, struct ab_event *ev);
 void snapshot_restore(struct ab_sandbox *sb, struct ab_event *ev);
 void vm_destroy(struct ab_sandbox *sb);
 void *vcpu_thread_main(void *arg);
+
+/* sandbox.c: the parts of creation that spawning shares. sandbox_alloc()
+ * makes the object, its interrupt handle and kick signal (no memory, no
+ * thread); sandbox_free() undoes whatever exists. */
+int sandbox_alloc(const struct ab_config *config,
+                  const struct ab_layout *layout, struct ab_sandbox **out,
+                  char *errbuf, size_t errlen);
+int sandbox_start_thread(struct ab_sandbox *sb, char *errbuf, size_t errlen);
+void sandbox_free(struct ab_sandbox *sb);
+
+/* backing.c: a snapshot's sealed memfd. snapshot_share() creates it from
+ * the snapshot's pages (once; thread-safe); the others build one from
+ * pages held elsewhere (snapfile.c). 0 or -errno. */
+int snapshot_share(struct ab_snapshot *s);
+int backing_create(uint64_t size, int *out_fd);
+int backing_write(int fd, const uint8_t *data, uint64_t len, uint64_t off);
+int backing_seal_and_view(struct ab_snapshot *s, int fd);
+
+/* spawn.c: a layout recorded in a snapshot must be exactly the one `cfg`
+ * and its image span give ("config: ..." in errbuf otherwise); the CREATE
+ * command of a spawned sandbox loads the snapshot's vCPU state. */
+int layout_check(const struct ab_config *cfg, const struct ab_layout *lay,
+                 char *errbuf, size_t errlen);
+void spawn_load_state(struct ab_sandbox *sb, struct ab_event *ev);
 
 /* ---- sysfast.c: the system requests the C core answers itself -------------
  * Called on the vCPU thread for an AB_PORT_SYS exit whose request is

@@ -73,6 +73,48 @@ int ab_elf_validate(const struct ab_config *config, const uint8_t *elf,
     return validate(config, elf, elf_len, &image, &layout, errbuf, errlen);
 }
 
+int sandbox_alloc(const struct ab_config *config,
+                  const struct ab_layout *layout, struct ab_sandbox **out,
+                  char *errbuf, size_t errlen)
+{
+    *out = NULL;
+    struct ab_sandbox *sb = calloc(1, sizeof *sb);
+    if (!sb)
+        return ab_fail(errbuf, errlen, ENOMEM, "out of memory");
+    sb->config = *config;
+    sb->layout = *layout;
+    sb->owner_pid = getpid();
+    sb->vm_fd = sb->vcpu_fd = -1;
+    atomic_init(&sb->notify_fd, -1);
+    int signo = SIGRTMIN + (int)config->sig_rt_min_offset;
+    int rc = kick_signal_ensure(signo, &sb->counters);
+    if (rc) {
+        ab_fail(errbuf, errlen, -rc, "cannot install the handler for "
+                "SIGRTMIN+%u: %s", config->sig_rt_min_offset, strerror(-rc));
+        free_sandbox(sb);
+        return rc;
+    }
+    sb->ih = interrupt_new(config->retry_delay_ns, signo);
+    if (!sb->ih) {
+        free_sandbox(sb);
+        return ab_fail(errbuf, errlen, ENOMEM, "out of memory");
+    }
+    sb->ih->counters = &sb->counters;
+    *out = sb;
+    return 0;
+}
+
+int sandbox_start_thread(struct ab_sandbox *sb, char *errbuf, size_t errlen)
+{
+    int rc = start_thread(sb);
+    if (rc)
+        return ab_fail(errbuf, errlen, -rc, "cannot start the vCPU thread: %s",
+                       strerror(-rc));
+    return 0;
+}
+
+void sandbox_free(struct ab_sandbox *sb) { free_sandbox(sb); }
+
 int ab_sandbox_create(const struct ab_config *config, const uint8_t *elf,
                       size_t elf_len, const uint8_t image_sha256[32],
                       ab_sandbox **out, char *errbuf, size_t errlen)
@@ -87,27 +129,10 @@ int ab_sandbox_create(const struct ab_config *config, const uint8_t *elf,
     if (rc)
         return rc;
 
-    struct ab_sandbox *sb = calloc(1, sizeof *sb);
-    if (!sb)
-        return ab_fail(errbuf, errlen, ENOMEM, "out of memory");
-    sb->config = *config;
-    sb->layout = layout;
-    sb->owner_pid = getpid();
-    sb->vm_fd = sb->vcpu_fd = -1;
-    atomic_init(&sb->notify_fd, -1);
-    int signo = SIGRTMIN + (int)config->sig_rt_min_offset;
-    rc = kick_signal_ensure(signo, &sb->counters);
-    if (rc) {
-        ab_fail(errbuf, errlen, -rc, "cannot install the handler for "
-                "SIGRTMIN+%u: %s", config->sig_rt_min_offset, strerror(-rc));
-        goto fail;
-    }
-    sb->ih = interrupt_new(config->retry_delay_ns, signo);
-    if (!sb->ih) {
-        rc = ab_fail(errbuf, errlen, ENOMEM, "out of memory");
-        goto fail;
-    }
-    sb->ih->counters = &sb->counters;
+    struct ab_sandbox *sb;
+    rc = sandbox_alloc(config, &layout, &sb, errbuf, errlen);
+    if (rc)
+        return rc;
     /* MAP_NORESERVE: only the pages the guest touches cost anything. */
     void *mem = mmap(NULL, sb->layout.memory_size, PROT_READ | PROT_WRITE,
                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -124,12 +149,9 @@ int ab_sandbox_create(const struct ab_config *config, const uint8_t *elf,
         ab_fail(errbuf, errlen, -rc, "out of memory");
         goto fail;
     }
-    rc = start_thread(sb);
-    if (rc) {
-        ab_fail(errbuf, errlen, -rc, "cannot start the vCPU thread: %s",
-                strerror(-rc));
+    rc = sandbox_start_thread(sb, errbuf, errlen);
+    if (rc)
         goto fail;
-    }
     *out = sb;
     return 0;
 fail:

@@ -43,34 +43,17 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #define PAGE AB_PAGE_SIZE
 #define BITS 64
 #define SETTLE_TRIES 4
 #define MSR_IA32_TSC 0x10
 
-struct ab_snapshot {
-    uint64_t id;        /* unique per process; never reused              */
-    uint8_t image_sha256[32];
-    struct ab_layout layout;
-    uint64_t npages;
-    uint64_t *present;  /* pages held in `mem` (others are zero)         */
-    uint8_t *mem;       /* layout.memory_size bytes, MAP_NORESERVE       */
-    uint64_t bytes;     /* pages held, in bytes                          */
-    struct vcpu_state vcpu;
-};
-
 static _Atomic uint64_t next_snapshot_id = 1;
 
-static bool test_bit(const uint64_t *map, uint64_t i)
-{
-    return (map[i / BITS] >> (i % BITS)) & 1;
-}
+uint64_t snapshot_new_id(void) { return atomic_fetch_add(&next_snapshot_id, 1); }
 
-static void set_bit(uint64_t *map, uint64_t i)
-{
-    map[i / BITS] |= 1ull << (i % BITS);
-}
 
 static void set_range(uint64_t *map, uint64_t addr, uint64_t len)
 {
@@ -78,7 +61,6 @@ static void set_range(uint64_t *map, uint64_t addr, uint64_t len)
         set_bit(map, a / PAGE);
 }
 
-static size_t map_words(uint64_t npages) { return (npages + BITS - 1) / BITS; }
 
 int snapshot_init_tracking(struct ab_sandbox *sb, const struct ab_image *img,
                            const uint8_t image_sha256[32])
@@ -155,6 +137,8 @@ static void free_snapshot(struct ab_snapshot *s)
     vcpu_state_free(&s->vcpu);
     if (s->mem)
         munmap(s->mem, s->layout.memory_size);
+    if (s->backing_fd >= 0)
+        close(s->backing_fd);
     free(s->present);
     free(s);
 }
@@ -216,6 +200,7 @@ void snapshot_take(struct ab_sandbox *sb, struct ab_event *ev)
     struct ab_snapshot *s = calloc(1, sizeof *s);
     if (!s)
         return fail_event(ev, AB_EV_SNAPSHOT, ENOMEM, "snapshot");
+    s->backing_fd = -1;
     memcpy(s->image_sha256, sb->image_sha256, sizeof s->image_sha256);
     s->layout = sb->layout;
     s->npages = sb->npages;
@@ -243,7 +228,7 @@ void snapshot_take(struct ab_sandbox *sb, struct ab_event *ev)
         set_bit(s->present, p);
         s->bytes += PAGE;
     }
-    s->id = atomic_fetch_add(&next_snapshot_id, 1);
+    s->id = snapshot_new_id();
     sb->base_id = s->id;
     memset(sb->dirty, 0, map_words(sb->npages) * sizeof(uint64_t));
     sb->snapshot_result = s;

@@ -386,6 +386,11 @@ void *vcpu_thread_main(void *arg)
                 publish(sb);
                 continue;
             }
+            if (sb->spawn_from) { /* spawned: no initialisation to run */
+                spawn_load_state(sb, &sb->event);
+                publish(sb);
+                continue;
+            }
         } else if (cmd == AB_CMD_CALL || cmd == AB_CMD_RESUME) {
             if (cmd == AB_CMD_CALL)
                 AB_COUNT(sb, calls);

@@ -132,7 +132,11 @@ static int vm_build(struct ab_sandbox *sb, char *errbuf, size_t errlen)
      * (AB_SYS_CLOCK_ANCHOR) when it knows the TSC's rate; 0 turns that off. */
     int khz = ioctl(sb->vcpu_fd, KVM_GET_TSC_KHZ, 0);
     struct ab_boot_info *bi = (struct ab_boot_info *)(sb->mem + AB_BOOT_INFO_ADDR);
-    bi->tsc_khz = khz > 0 ? (uint64_t)khz : 0;
+    uint64_t tsc_khz = khz > 0 ? (uint64_t)khz : 0;
+    /* Written only if it differs: a spawned sandbox's boot info page then
+     * stays shared with its snapshot (backing.c). */
+    if (bi->tsc_khz != tsc_khz)
+        bi->tsc_khz = tsc_khz;
     /* The XSAVE buffer size, asked of the VM as the KVM API says (it may
      * exceed 4 KiB with dynamically enabled components); 0 without
      * KVM_CAP_XSAVE2, where the legacy 4 KiB buffer holds everything. */
@@ -140,7 +144,8 @@ static int vm_build(struct ab_sandbox *sb, char *errbuf, size_t errlen)
     sb->xsave_size = xsave_size > (int)sizeof(struct kvm_xsave)
                          ? (uint32_t)xsave_size
                          : (uint32_t)sizeof(struct kvm_xsave);
-    int rc = set_initial_registers(sb, errbuf, errlen);
+    /* A spawned sandbox's registers come from its snapshot (spawn.c). */
+    int rc = sb->spawn_from ? 0 : set_initial_registers(sb, errbuf, errlen);
     if (rc)
         return rc;
     if (injected(sb, AB_CREATE_FAIL_END))

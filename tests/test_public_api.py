@@ -15,7 +15,8 @@ def test_public_names() -> None:
     assert set(aionub.__all__) == {
         "BuildError", "CallTimeout", "CpuTimeout", "DEMO_GUEST", "ExecutionCancelled", "GuestAborted", "GuestFault",
         "GuestFunction", "GuestFunctionNotFound", "GuestProtocolError", "HostFunctionError",
-        "InterruptHandle", "InvalidGuest", "PoolTimeout", "SandboxPool", "KvmUnavailable", "RunResult", "Sandbox",
+        "InterruptHandle", "InvalidGuest", "InvalidSnapshotFile",
+        "PoolTimeout", "SandboxPool", "KvmUnavailable", "RunResult", "Sandbox",
         "SandboxClosed",
         "SandboxConfig",
         "SandboxError", "SandboxPoisoned", "Snapshot", "StackOverflow", "VmError", "build_guest", "process_stats",
@@ -28,8 +29,9 @@ def test_public_names() -> None:
 def test_exception_hierarchy() -> None:
     for name in ("CallTimeout", "CpuTimeout", "ExecutionCancelled", "GuestAborted", "GuestFault", "StackOverflow",
                  "GuestFunctionNotFound", "HostFunctionError", "SandboxPoisoned", "SandboxClosed",
-                 "InvalidGuest", "KvmUnavailable"):
+                 "InvalidGuest", "KvmUnavailable", "InvalidSnapshotFile"):
         assert issubclass(getattr(aionub, name), aionub.SandboxError), name
+    assert issubclass(aionub.InvalidSnapshotFile, ValueError)
     assert issubclass(aionub.CallTimeout, TimeoutError)
     assert issubclass(aionub.StackOverflow, aionub.GuestFault)
 

@@ -37,6 +37,7 @@ from ._native import (
     EV_LOG,
     EV_READY,
     EV_RESULT,
+    EV_SPAWNED,
     EV_SYS,
     EV_TIMEOUT,
     NativeSandbox,
@@ -73,7 +74,7 @@ class Engine:
     __slots__ = (
         "native", "ih", "config", "lifecycle", "binding", "services", "functions", "has_main",
         "input_used", "limits", "label", "generation", "at_snapshot", "boot_snapshot",
-        "image_sha256", "counted",
+        "image_sha256", "counted", "ready",
     )
 
     def __init__(
@@ -109,6 +110,8 @@ class Engine:
         # every run starts from (like exec'ing a fresh process).
         self.boot_snapshot: Any = None
         self.image_sha256 = native.digest.hex()[:16]  # names the image in telemetry
+        # The guest's READY record: snapshots carry it to spawned sandboxes.
+        self.ready = b""
         # The telemetry that counts this sandbox among those alive (its
         # close must be counted by the same instrument).
         self.counted: Telemetry | None = None
@@ -192,11 +195,34 @@ class Engine:
             self.has_main = bool(flags & _abi.READY_HAS_MAIN)
         except GuestProtocolError as exc:
             raise InvalidGuest(f"guest {self.label}: {exc}") from None
+        self.ready = bytes(native.output[: native.event.length])
         self.lifecycle.end()
         if self.has_main:
             # Sparse (only pages written so far) and, being the current
             # state, free to hand out again (snapshot() below).
             self.boot_snapshot = await self.snapshot()
+
+    async def boot_spawned(self, snapshot_ptr: Any, ready: bytes) -> None:
+        """The creation command of a spawned sandbox: the vCPU thread
+        creates the VM and loads the snapshot's vCPU state (no guest code
+        runs). The sandbox is then exactly at the snapshot; for a guest
+        with main(), every run starts from it."""
+        native = self.native
+        assert native is not None
+        binding = self.bind()
+        binding.submit(lib.ab_sandbox_start)
+        # Keeps the snapshot alive until the vCPU thread has loaded it.
+        kind, deferred = await binding.finish()
+        if kind != EV_SPAWNED:
+            raise event_error(kind, native.event, native.output, native.layout)
+        self.functions, flags = decode_ready(memoryview(ready), len(ready))
+        self.has_main = bool(flags & _abi.READY_HAS_MAIN)
+        self.ready = ready
+        self.at_snapshot = snapshot_ptr
+        if self.has_main:
+            self.boot_snapshot = snapshot_ptr
+        self.lifecycle.end()
+        await deliver(deferred)
 
     # ---- calls --------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ __all__ = (
     "HostFunctionError",
     "GuestProtocolError",
     "VmError",
+    "InvalidSnapshotFile",
     "POISONING",
 )
 
@@ -129,6 +130,13 @@ class HostFunctionError(SandboxError):
     exception is the ``__cause__``), did not exist, or returned a value that
     cannot cross to the guest. The guest saw an error reply and finished the
     call; the sandbox is unaffected."""
+
+
+class InvalidSnapshotFile(SandboxError, ValueError):
+    """:meth:`Snapshot.load` refused a file: not a snapshot file, another
+    format version, truncated or altered (its SHA-256 checksum does not
+    match), fields that contradict each other, or vCPU state that this host
+    cannot restore. Also a ``ValueError``."""
 
 
 class GuestProtocolError(SandboxError):

@@ -3,7 +3,7 @@ flight. Pure bookkeeping: no I/O, no event loop, no native calls.
 
 ::
 
-                 create()
+            create() / spawn()
                     │
                     ▼
                   BUSY ────── creation fails ─────────────────────────┐

@@ -11,7 +11,7 @@ from typing import Any
 from ._aionub_native import ffi, lib  # type: ignore[import-not-found]
 from ._exceptions import InvalidGuest, KvmUnavailable, SandboxError
 
-__all__ = ("ffi", "lib", "NativeSandbox", "probe_kvm", "process_stats")
+__all__ = ("ffi", "lib", "NativeSandbox", "probe_kvm", "process_stats", "snapshot_digest")
 
 _ERRLEN = 512
 
@@ -30,6 +30,7 @@ EV_TORN_DOWN = lib.AB_EV_TORN_DOWN
 EV_SYS = lib.AB_EV_SYS
 EV_TIMEOUT = lib.AB_EV_TIMEOUT
 EV_CPU_TIMEOUT = lib.AB_EV_CPU_TIMEOUT
+EV_SPAWNED = lib.AB_EV_SPAWNED
 CMD_CALL = lib.AB_CMD_CALL
 CMD_RESUME = lib.AB_CMD_RESUME
 EXIT_SHUTDOWN = lib.AB_EXIT_SHUTDOWN
@@ -63,6 +64,19 @@ def process_stats() -> dict[str, int]:
     return _stats_dict(stats)
 
 
+def _raise_create_error(rc: int, message: str) -> None:
+    if message.startswith("config: "):
+        raise ValueError(message[8:])
+    raise OSError(-rc, message or os.strerror(-rc))
+
+
+def snapshot_digest(snapshot_ptr: Any) -> bytes:
+    """The SHA-256 digest of the guest image a native snapshot was taken from."""
+    out = ffi.new("uint8_t[32]")
+    lib.ab_snapshot_image_sha256(snapshot_ptr, out)
+    return bytes(ffi.buffer(out))
+
+
 def _command_error(event: Any, what: str) -> Exception:
     rc = int(event.error)
     message = _message(event.message)
@@ -84,16 +98,32 @@ class NativeSandbox:
         buf = ffi.new("char[]", _ERRLEN)
         # The image's identity, which restore() checks a snapshot against:
         # a collision-resistant digest, since images come from tenants.
-        digest = self.digest = hashlib.sha256(image).digest()
+        digest = hashlib.sha256(image).digest()
         rc = lib.ab_sandbox_create(config, image, len(image), digest, out, buf, _ERRLEN)
         if rc < 0:
             message = _message(buf)
             if message.startswith("elf: "):
                 raise InvalidGuest(message[5:])
-            if message.startswith("config: "):
-                raise ValueError(message[8:])
-            raise OSError(-rc, message or os.strerror(-rc))
-        self.ptr = ffi.gc(out[0], lib.ab_sandbox_destroy)
+            _raise_create_error(rc, message)
+        self._attach(out[0], digest)
+
+    @classmethod
+    def spawn(cls, config: Any, snapshot_ptr: Any) -> NativeSandbox:
+        """A sandbox whose memory is ``snapshot_ptr``'s, mapped
+        copy-on-write, and whose vCPU state the start command loads."""
+        probe_kvm()
+        out = ffi.new("ab_sandbox **")
+        buf = ffi.new("char[]", _ERRLEN)
+        rc = lib.ab_sandbox_spawn(config, snapshot_ptr, out, buf, _ERRLEN)
+        if rc < 0:
+            _raise_create_error(rc, _message(buf))
+        self = cls.__new__(cls)
+        self._attach(out[0], snapshot_digest(snapshot_ptr))
+        return self
+
+    def _attach(self, ptr: Any, digest: bytes) -> None:
+        self.digest = digest
+        self.ptr = ffi.gc(ptr, lib.ab_sandbox_destroy)
         self.event = lib.ab_sandbox_event(self.ptr)
         layout = ffi.new("struct ab_layout *")
         lib.ab_sandbox_layout(self.ptr, layout)

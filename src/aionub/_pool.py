@@ -40,14 +40,17 @@ class SandboxPool:
     with``), growing on demand up to ``max_size``.
 
     ``async with pool.acquire() as sb:`` hands out a sandbox in the state of
-    the pool's snapshot, taken right after the sandbox was created: whatever
+    the pool's snapshot, taken right after the first sandbox was created: whatever
     one user did (including poisoning it) is undone before the next user
     gets it. When every sandbox is busy, ``acquire`` waits, first come first
     served, for at most ``acquire_timeout`` seconds (None: no limit), then
     raises :class:`PoolTimeout`. ``host_functions``, ``files`` and ``name``
     are given to every sandbox; other keyword arguments are sandbox options.
-    ``setup``, an ``async def setup(sandbox)``, runs on each new sandbox
-    before its snapshot is taken (load data or code once, for every user).
+    ``setup``, an ``async def setup(sandbox)``, runs once, on the first
+    sandbox, before the pool's snapshot (its *template*) is taken: load data
+    or code once, for every user. Every other sandbox is spawned from the
+    template (:meth:`Sandbox.spawn`): no initialisation, no setup, and guest
+    memory shared copy-on-write among all of them.
 
     :meth:`call` and :meth:`run` do one call or run on a sandbox of the pool.
     """
@@ -95,6 +98,9 @@ class SandboxPool:
         self._recv: MemoryObjectReceiveStream[_Entry] | None = None
         self._closed = False
         self._tel: _telemetry.Telemetry | None = None  # decided by start()
+        # The snapshot of the first sandbox, after setup: every sandbox is
+        # reset to it, and every other one is spawned from it.
+        self._template: Snapshot | None = None
 
     # ---- lifecycle -------------------------------------------------------------
 
@@ -107,8 +113,9 @@ class SandboxPool:
         self._send, self._recv = anyio.create_memory_object_stream[_Entry](math.inf)
         self._tel = _telemetry.refresh()
         try:
+            await self._add_idle()  # the first one makes the template ...
             async with anyio.create_task_group() as tg:
-                for _ in range(self._size):
+                for _ in range(self._size - 1):  # ... the others are spawned from it
                     tg.start_soon(self._add_idle)
         except BaseExceptionGroup as group:
             await self.aclose()
@@ -195,18 +202,28 @@ class SandboxPool:
         return f"<SandboxPool {self._label} [{state}]>"
 
     async def _new_entry(self) -> _Entry:
-        sandbox = await Sandbox.create(
-            self._image, host_functions=self._host_functions, files=self._files, name=self._label,
-            **self._config
-        )
-        try:
-            if self._setup is not None:
-                await self._setup(sandbox)
-            snapshot = await sandbox.snapshot()
-        except BaseException:
-            await sandbox.aclose()  # runs to the end, even when we are cancelled
-            raise
-        entry = _Entry(sandbox, snapshot)
+        template = self._template
+        if template is None:
+            sandbox = await Sandbox.create(
+                self._image, host_functions=self._host_functions, files=self._files, name=self._label,
+                **self._config
+            )
+            try:
+                if self._setup is not None:
+                    await self._setup(sandbox)
+                template = await sandbox.snapshot()
+            except BaseException:
+                await sandbox.aclose()  # runs to the end, even when we are cancelled
+                raise
+            self._template = template
+        else:
+            # Spawned: memory shared copy-on-write with every other sandbox
+            # of the pool, no initialisation, no setup; exactly at the template.
+            sandbox = await Sandbox.spawn(
+                template, host_functions=self._host_functions, files=self._files, name=self._label,
+                **self._config
+            )
+        entry = _Entry(sandbox, template)
         if self._closed:
             await sandbox.aclose()
             raise SandboxClosed("the pool was closed")

@@ -203,9 +203,9 @@ class _ScriptSandbox:
         name: str | None = None,
         **options: Any,
     ) -> SandboxPool:
-        """A SandboxPool of this runtime. ``setup`` is code run in each
-        sandbox before the pool's snapshot, so every checkout starts with it
-        loaded; wrap a checked-out sandbox with ``cls(sandbox)``. ``options``
+        """A SandboxPool of this runtime. ``setup`` is code run once, before
+        the pool's snapshot that every other sandbox is spawned from, so
+        every checkout starts with it loaded; wrap a checked-out sandbox with ``cls(sandbox)``. ``options``
         are SandboxPool's (``size``, ``max_size``, ``acquire_timeout``) and
         the sandbox options (defaults: :data:`SCRIPT_DEFAULTS`)."""
         code = None if setup is None else _check_code(setup)

@@ -199,6 +199,41 @@ void ab_snapshot_free(ab_snapshot *snap);
 uint64_t ab_snapshot_bytes(const ab_snapshot *snap); /* memory it holds */
 /* The SHA-256 digest of the guest image the snapshot was taken from. */
 void ab_snapshot_image_sha256(const ab_snapshot *snap, uint8_t out[32]);
+
+/* Spawning: a new sandbox whose guest memory is the snapshot's, mapped
+ * copy-on-write from one sealed memfd that every sandbox spawned from it
+ * shares (created at the first spawn; the snapshot's own copy is then
+ * replaced by a read-only view of it), and whose vCPU starts in the
+ * snapshot's state: no guest initialisation runs. The config's memory
+ * options must be the ones the snapshot was taken with (-EINVAL, errbuf
+ * "config: ..."). ab_sandbox_start() then has the vCPU thread create the
+ * VM and load the vCPU state: AB_EV_SPAWNED, or AB_EV_CREATE_FAILED with
+ * event.error and event.message (KVM refused the state, say). The snapshot
+ * must stay alive until that event. */
+#define AB_EV_SPAWNED 20
+int ab_sandbox_spawn(const struct ab_config *config, ab_snapshot *snap,
+                     ab_sandbox **out, char *errbuf, size_t errlen);
+
+/* A snapshot's parts, for snapshot files (native/snapfile.c describes the
+ * vCPU state record). The page map has a bit per page of guest memory
+ * (LSB first, 64-bit words): set for the pages the snapshot holds, which
+ * ab_snapshot_memory() (layout.memory_size bytes, read only) has at their
+ * guest addresses; the others are zero. */
+size_t ab_snapshot_state_size(const ab_snapshot *snap);
+int ab_snapshot_export_state(const ab_snapshot *snap, uint8_t *out, size_t len);
+size_t ab_snapshot_present_size(const ab_snapshot *snap);
+void ab_snapshot_present(const ab_snapshot *snap, uint8_t *out);
+const uint8_t *ab_snapshot_memory(const ab_snapshot *snap);
+void ab_snapshot_layout(const ab_snapshot *snap, struct ab_layout *out);
+/* A snapshot from its parts, every one of them checked (-EINVAL with the
+ * reason in errbuf); `pages` holds the held pages in page order. The
+ * result is already shared (spawning needs no copy). */
+int ab_snapshot_import(const struct ab_layout *layout,
+                       const uint8_t image_sha256[32], const uint8_t *state,
+                       size_t state_len, const uint8_t *present,
+                       size_t present_len, const uint8_t *pages,
+                       size_t pages_len, ab_snapshot **out, char *errbuf,
+                       size_t errlen);
 /* Fault injection for tests: the next `n` settles (the vCPU must complete
  * its last exit before its state is read or written) report that KVM kept
  * asking for more I/O, so restore takes its fallback and rebuilds the VM
