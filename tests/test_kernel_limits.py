@@ -228,3 +228,18 @@ async def test_a_call_abandoned_in_a_host_function_leaves_no_timer_behind() -> N
         assert await sb.call("call_host", "slow", 4) == 4
         stats = sb.stats()
         assert stats["timeouts"] == stats["cpu_timeouts"] == stats["cancellations"] == 0
+
+
+async def test_spawned_sandboxes_enforce_both_limits(demo: aionub.Sandbox) -> None:
+    snap = await demo.snapshot()
+    async with await aionub.Sandbox.spawn(snap, cpu_timeout=0.05) as sb:
+        assert await sb.call("add", 2, 3, timeout=1) == 5
+        with pytest.raises(aionub.CpuTimeout):
+            await sb.call("spin")  # the spawned sandbox's own default budget
+        await sb.restore(snap)
+        with pytest.raises(aionub.CallTimeout) as info:
+            await sb.call("spin", timeout=0.03, cpu_timeout=10)
+        assert not isinstance(info.value, aionub.CpuTimeout)
+        stats = sb.stats()
+        assert stats["cpu_timeouts"] == 1
+        assert stats["timeouts"] + stats["cancellations"] == 1
