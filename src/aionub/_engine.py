@@ -47,7 +47,7 @@ from ._results import decode_result
 from ._run import RunResult, decode_exit
 from ._syscalls import FileProvider, RunIO
 from ._telemetry import Telemetry
-from ._wire import GuestFunction, decode_ready
+from ._wire import GuestFunction, decode_ready, ready_table
 
 __all__ = ("Engine", "fork_generation", "now")
 
@@ -215,7 +215,8 @@ class Engine:
         kind, deferred = await binding.finish()
         if kind != EV_SPAWNED:
             raise event_error(kind, native.event, native.output, native.layout)
-        self.functions, flags = decode_ready(memoryview(ready), len(ready))
+        functions, flags = ready_table(ready)  # decoded once per snapshot
+        self.functions = dict(functions)
         self.has_main = bool(flags & _abi.READY_HAS_MAIN)
         self.ready = ready
         self.at_snapshot = snapshot_ptr

@@ -8,8 +8,9 @@ a :class:`GuestProtocolError`.
 
 from __future__ import annotations
 
+import functools
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
@@ -24,6 +25,7 @@ __all__ = (
     "encode_string",
     "encode_call",
     "decode_ready",
+    "ready_table",
 )
 
 _U32 = struct.Struct("<I")
@@ -409,6 +411,14 @@ def decode_ready(buf: memoryview, length: int) -> tuple[dict[str, GuestFunction]
     r.done()
     return functions, flags
 
+
+
+@functools.lru_cache(maxsize=64)
+def ready_table(ready: bytes) -> tuple[Mapping[str, GuestFunction], int]:
+    """``decode_ready`` of a READY record kept as bytes (a snapshot's), shared:
+    every sandbox spawned from one snapshot gets the same table, decoded
+    once. Callers must not modify it."""
+    return decode_ready(memoryview(ready), len(ready))
 
 def decode_args(r: Reader) -> list[Any]:
     nargs = r.u8()
