@@ -24,6 +24,7 @@ SOURCES = [
     "sandbox.c",
     "snapshot.c",
     "statedump.c",
+    "debug.c",
 ]
 
 

@@ -67,7 +67,7 @@ void memory_unmap(struct ab_sandbox *sb); /* guest memory; idempotent */
 
 /* ---- interrupt.c: the interrupt handle -------------------------------------
  * state bits, as in the seed: CANCEL (bit 0), RUNNING (bit 1),
- * DEBUG_INTERRUPT (bit 2, reserved: no debugger yet). */
+ * DEBUG_INTERRUPT (bit 2: pause for a debugger; see debug.c). */
 #define AB_CANCEL_BIT 0x1u
 #define AB_RUNNING_BIT 0x2u
 #define AB_DEBUG_INTERRUPT_BIT 0x4u
@@ -207,6 +207,10 @@ struct ab_sandbox {
     uint64_t rebuilds;        /* VMs rebuilt by restore (stats)             */
     struct ab_counters counters;
     int inject_create_failure; /* AB_CREATE_FAIL_* or 0 (fault injection) */
+    bool debug_enabled;       /* #BP/#DB pause for a debugger (debug.c)     */
+    bool at_debug_stop;       /* the last event was AB_EV_DEBUG_STOP: the
+                                 vCPU has no exit to complete (vCPU thread
+                                 writes it before publishing)             */
 };
 
 int vm_create(struct ab_sandbox *sb, char *errbuf, size_t errlen);
@@ -223,6 +227,17 @@ void snapshot_take(struct ab_sandbox *sb, struct ab_event *ev);
 void snapshot_restore(struct ab_sandbox *sb, struct ab_event *ev);
 void vm_destroy(struct ab_sandbox *sb);
 void *vcpu_thread_main(void *arg);
+
+/* ---- debug.c: pausing the guest for a debugger ------------------------------
+ * On the vCPU thread. debug_report_interrupt(): the run stopped because
+ * DEBUG_INTERRUPT is set ([T2]/[T5]): fill an AB_EV_DEBUG_STOP event.
+ * debug_trap(): a CPL0 stub reported `vector` with the interrupt frame
+ * `frame`; if debugging is on and it is #DB or #BP, put the vCPU back at
+ * CPL3 exactly where the trap left it and fill AB_EV_DEBUG_STOP; returns
+ * false (a plain fault) otherwise. */
+void debug_report_interrupt(struct ab_sandbox *sb, struct ab_event *ev);
+bool debug_trap(struct ab_sandbox *sb, struct ab_event *ev,
+                const uint64_t frame[7]);
 
 /* ---- sysfast.c: the system requests the C core answers itself -------------
  * Called on the vCPU thread for an AB_PORT_SYS exit whose request is

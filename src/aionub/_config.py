@@ -50,6 +50,18 @@ class SandboxConfig:
     max_output_bytes: int = 1 * MiB
     #: The vCPU thread polls this long for the next command before sleeping.
     spin_time: float = 0.0
+    #: Debugging (docs/debugging.md): False (default: int3 and single-step
+    #: traps are guest faults), True (they pause the guest for a debugger:
+    #: serve one with ``aionub.serve_gdb``), or an address to serve gdb's
+    #: remote protocol on while the sandbox lives (asyncio only):
+    #: ``"127.0.0.1:1234"`` (a host other than loopback must be explicit,
+    #: port 0 picks a free one) or ``"unix:/path"``.
+    debug: bool | str = False
+    #: Directory for crash dumps: an ELF core file of the guest is written
+    #: there when a call ends in a fault, an abort, a kill or a timeout,
+    #: and the exception names it (docs/debugging.md). None: the
+    #: environment variable AIONUB_CORE_DIR if set, else no dumps.
+    core_dir: str | None = None
 
     @classmethod
     def from_kwargs(cls, options: dict[str, Any]) -> SandboxConfig:
@@ -82,6 +94,14 @@ class SandboxConfig:
             if not (low_ok and value <= upper) or math.isnan(value):
                 low = "[0" if name == "spin_time" else "(0"
                 raise ValueError(f"{name} must be in {low}, {upper}] seconds, got {value}")
+        if not isinstance(self.debug, bool | str):
+            raise TypeError(f"debug must be a bool or a listen address (str), not {type(self.debug).__name__}")
+        if isinstance(self.debug, str):
+            from ._gdbaddr import parse_listen
+
+            parse_listen(self.debug)  # raises ValueError naming what is wrong
+        if self.core_dir is not None and not isinstance(self.core_dir, str):
+            raise TypeError(f"core_dir must be a str (a directory) or None, not {type(self.core_dir).__name__}")
         offset = self.sig_rt_min_offset
         if not isinstance(offset, int) or isinstance(offset, bool):
             raise TypeError(f"sig_rt_min_offset must be an int, not {type(offset).__name__}")

@@ -27,6 +27,8 @@ from ._exceptions import (
     SandboxClosed,
     SandboxError,
 )
+from ._coredump import write_core
+from ._debug import DebugTarget, resume_without_debugger
 from ._hostcalls import GuestServices, HostFunction
 from ._lifecycle import Lifecycle, State
 from ._native import (
@@ -36,6 +38,7 @@ from ._native import (
     EV_LOG,
     EV_READY,
     EV_RESULT,
+    EV_DEBUG_STOP,
     EV_SYS,
     NativeSandbox,
     lib,
@@ -71,7 +74,7 @@ class Engine:
     __slots__ = (
         "native", "ih", "config", "lifecycle", "binding", "services", "functions", "has_main",
         "input_used", "deadline", "label", "generation", "at_snapshot", "boot_snapshot",
-        "image_sha256", "counted",
+        "image_sha256", "counted", "debugger", "last_core",
     )
 
     def __init__(
@@ -110,6 +113,10 @@ class Engine:
         # The telemetry that counts this sandbox among those alive (its
         # close must be counted by the same instrument).
         self.counted: Telemetry | None = None
+        # The debug target while a gdb client is attached (_debug.py).
+        self.debugger: DebugTarget | None = None
+        # The crash dump the last call that failed wrote, if any.
+        self.last_core: str | None = None
 
     def counted_by(self, tel: Telemetry) -> None:
         self.counted = tel
@@ -295,8 +302,14 @@ class Engine:
                 elif kind == EV_SYS:
                     await services.sys.serve(native.output, native.event.length)
                     await self._check_deadline(binding, what)
+                elif kind == EV_DEBUG_STOP:
+                    await self._debug_stop(binding)
                 else:
-                    raise self._event_error(kind)
+                    error = self._event_error(kind)
+                    if self.debugger is not None:
+                        await self.debugger.crashed(error)  # gdb sees the signal first
+                    self._dump_core(error)
+                    raise error
                 if self.lifecycle.is_closed:
                     raise SandboxClosed(f"{self.lifecycle.label} was closed during {what}")
                 binding.submit(lib.ab_sandbox_submit, CMD_RESUME)
@@ -309,8 +322,45 @@ class Engine:
                 # cancellation, a timeout or an interrupt).
                 if kind == EV_RESULT:
                     raise  # the guest finished before the kill landed: its state is intact
+                self._dump_core(exc)
             self.poison(f"{what} did not run to completion ({type(exc).__name__}: {exc})")
             raise
+
+    async def _debug_stop(self, binding: Binding) -> None:
+        """The guest paused for a debugger (AB_EV_DEBUG_STOP). With a gdb
+        client attached, hold it until the client resumes it, with the
+        call's deadline stopped meanwhile; without one, resume at once
+        (docs/debugging.md). Either way the guest is resumed by drive()."""
+        native = self.native
+        assert native is not None
+        debugger = self.debugger
+        if debugger is None:
+            resume_without_debugger(native, self.ih)
+            return
+        left = binding.pause_deadline()
+        paused_at = now()
+        try:
+            await debugger.paused()
+        finally:
+            if self.deadline is not None:
+                self.deadline += now() - paused_at
+            binding.resume_deadline(left)
+
+    def _dump_core(self, exc: BaseException) -> None:
+        """Write a crash dump if configured (core_dir or AIONUB_CORE_DIR)
+        and name it in the exception. Only while the vCPU is stopped."""
+        self.last_core = None
+        directory = self.config.core_dir or os.environ.get("AIONUB_CORE_DIR") or None
+        native = self.native
+        if directory is None or native is None:
+            return
+        try:
+            path = write_core(native, directory, self.label, signal_for(exc))
+        except (OSError, SandboxError) as err:
+            log.warning("sandbox %s: cannot write a crash dump to %s: %s", self.lifecycle.label, directory, err)
+            return
+        self.last_core = path
+        note_core(exc, path)
 
     async def _check_deadline(self, binding: Binding, what: str) -> None:
         """[H1] A deadline that passed, or a cancellation that arrived, while
@@ -487,6 +537,26 @@ class Engine:
             if self.lifecycle.state is not State.CLOSING:
                 self.lifecycle.start_closing()
             self._closed()
+
+
+def signal_for(exc: BaseException) -> int:
+    """The POSIX signal a crash dump records for how a call ended."""
+    from ._exceptions import GuestAborted, GuestFault
+
+    if isinstance(exc, GuestFault):
+        return {0: 8, 6: 4, 16: 8, 19: 8, 1: 5, 3: 5}.get(exc.vector, 11)  # FPE, ILL, TRAP, else SEGV
+    if isinstance(exc, GuestAborted):
+        return 6  # SIGABRT
+    return 9  # SIGKILL: stopped by a kill, a timeout or a cancellation
+
+
+def note_core(exc: BaseException, path: str) -> None:
+    """Name the crash dump in the exception (attribute and note)."""
+    try:
+        exc.core_file = path  # type: ignore[attr-defined]
+    except AttributeError:
+        pass
+    exc.add_note(f"crash dump: {path}")
 
 
 def now() -> float:

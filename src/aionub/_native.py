@@ -28,6 +28,10 @@ EV_SNAPSHOT = lib.AB_EV_SNAPSHOT
 EV_RESTORED = lib.AB_EV_RESTORED
 EV_TORN_DOWN = lib.AB_EV_TORN_DOWN
 EV_SYS = lib.AB_EV_SYS
+EV_DEBUG_STOP = lib.AB_EV_DEBUG_STOP
+STOP_INTERRUPT = lib.AB_STOP_INTERRUPT
+STOP_BREAKPOINT = lib.AB_STOP_BREAKPOINT
+STOP_STEP = lib.AB_STOP_STEP
 CMD_CALL = lib.AB_CMD_CALL
 CMD_RESUME = lib.AB_CMD_RESUME
 EXIT_SHUTDOWN = lib.AB_EXIT_SHUTDOWN
@@ -108,6 +112,13 @@ class NativeSandbox:
         rc = lib.ab_sandbox_start(self.ptr, notify_fd)
         if rc < 0:
             raise OSError(-rc, f"cannot start the vCPU: {os.strerror(-rc)}")
+
+    def enable_debug(self) -> None:
+        """Before start(): int3 and single-step traps pause the guest for a
+        debugger instead of faulting (native/debug.c)."""
+        rc = lib.ab_sandbox_enable_debug(self.ptr)
+        if rc < 0:
+            raise OSError(-rc, f"cannot enable debugging: {os.strerror(-rc)}")
 
     def interrupt(self) -> Any:
         """A new reference to the interrupt handle, released by the GC."""
