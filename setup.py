@@ -45,6 +45,7 @@ class BuildPyWithGuests(build_py):
             [ROOT / "native" / "guest" / "demo" / "demo.c"],
             package / "_guests" / "demo.elf",
             sdk=sdk,
+            cflags=["-g"],  # symbols and DWARF for gdb (docs/debugging.md); not loaded into the guest
         )
         # The script runtimes (QuickJS, Lua 5.4), cached by a key over all
         # their inputs: a reinstall with nothing changed only copies them.

@@ -428,7 +428,7 @@ class DebugTarget:
         paddr = translate(native, self._cr3(native), address)
         if paddr is None:
             raise DebugError(f"guest address 0x{address:x} is not mapped")
-        return int(native.memory[paddr])
+        return int(native.memory[paddr : paddr + 1][0])
 
     def remove_breakpoint(self, address: int) -> None:
         original = self.breakpoints.pop(address, None)

@@ -355,7 +355,7 @@ class GdbServer:
         self.sandbox = sandbox
         self.target = DebugTarget(sandbox._engine)
         self.listen: ListenAddress = parse_listen(listen)
-        self.listener: anyio.abc.Listener[Any] | None = None
+        self.listener: anyio.abc.SocketListener | None = None
         self.address: str = ""
         self.clients = 0  # clients served (for tests and the CLI)
         self.nak_count = 0
@@ -373,7 +373,12 @@ class GdbServer:
             self.address = f"unix:{listen.path}"
         else:
             assert listen.host is not None
-            self.listener = await anyio.create_tcp_listener(local_host=listen.host, local_port=listen.port)
+            multi = await anyio.create_tcp_listener(local_host=listen.host, local_port=listen.port)
+            # One socket: a name that resolves to several addresses (v4
+            # and v6) gets the first, so the port is one known address.
+            self.listener = multi.listeners[0]
+            for extra in multi.listeners[1:]:
+                await extra.aclose()
             sockname = self.listener.extra(anyio.abc.SocketAttribute.local_address)
             host, port = sockname[0], sockname[1]
             self.address = str(ListenAddress(host, port, None))
@@ -384,7 +389,7 @@ class GdbServer:
         assert self.listener is not None, "start() first"
         async with self.listener:
             while True:
-                stream = await self.listener.accept()  # type: ignore[attr-defined]
+                stream = await self.listener.accept()
                 if self._connection is not None:
                     await _turn_away(stream)
                     continue
@@ -417,7 +422,7 @@ class GdbServer:
     async def _turn_away_others(self) -> None:
         assert self.listener is not None
         while True:
-            stream = await self.listener.accept()  # type: ignore[attr-defined]
+            stream = await self.listener.accept()
             await _turn_away(stream)
 
     async def call_ended(self, status: int = 0) -> None:
@@ -456,12 +461,17 @@ async def serve_gdb(sandbox: Sandbox, listen: str = "127.0.0.1:0") -> AsyncItera
     Works under asyncio and trio (anyio)."""
     server = GdbServer(sandbox, listen)
     await server.start()
+    error: BaseException | None = None
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(server.serve)
             try:
                 yield server
+            except BaseException as exc:
+                error = exc  # raised as itself below, not in an exception group
             finally:
                 tg.cancel_scope.cancel()
     finally:
         await server.aclose()
+    if error is not None:
+        raise error
