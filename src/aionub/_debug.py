@@ -198,11 +198,13 @@ class DebugTarget:
         self.breakpoints: dict[int, int] = {}  # address -> the byte the int3 replaced
         self.internal: dict[int, int] = {}  # the same, for breakpoints of our own (entry)
         self.stop: Stop | None = None
-        self._stopped = anyio.Event()  # set when a stop is reported
+        # Set when a stop is reported; replaced only when the stop is
+        # consumed (resume()), so every waiter sees the stop it waits for.
+        self._stopped = anyio.Event()
         self._resumed = anyio.Event()  # set when the debugger resumes a stop in a call
         self._action = Action.CONTINUE
         self.stepping = False
-        self.calls_ended = 0
+        self.resumes = 0  # how often the debugger resumed the guest (tests wait on it)
 
     # ---- attach / detach -------------------------------------------------------
 
@@ -232,6 +234,7 @@ class DebugTarget:
         self.stepping = False
         self._action = Action.CONTINUE
         self.stop = None
+        self._stopped = anyio.Event()
         self._resumed.set()  # a held call continues
 
     # ---- called by the engine, in the call's task ------------------------------------
@@ -300,8 +303,7 @@ class DebugTarget:
     async def wait_stop(self) -> Stop:
         """The next stop (at once if the guest is stopped)."""
         while self.stop is None:
-            self._stopped = anyio.Event()
-            await self._stopped.wait()
+            await self._stopped.wait()  # set by _report(), renewed by resume()
         return self.stop
 
     async def interrupt(self) -> Stop:
@@ -317,7 +319,6 @@ class DebugTarget:
                 self._report(Stop(SIGINT, in_call=False))
                 break
             with anyio.move_on_after(delay):
-                self._stopped = anyio.Event()
                 await self._stopped.wait()
             lib.ab_interrupt_kick(ih)
         return self.stop  # type: ignore[return-value]  # set by the loop above
@@ -328,6 +329,8 @@ class DebugTarget:
         if stop is None:
             raise DebugError("the guest is not stopped")
         self.stop = None
+        self._stopped = anyio.Event()  # the next stop sets it; waiters re-read it
+        self.resumes += 1
         self.stepping = action is Action.STEP
         if not stop.in_call:
             # An idle stop: nothing is held. Stepping from it means running
@@ -337,9 +340,6 @@ class DebugTarget:
             return
         self._action = action
         self._resumed.set()
-
-    def call_ended(self) -> None:
-        self.calls_ended += 1
 
     # ---- registers and memory (only while stopped) ---------------------------------------
 

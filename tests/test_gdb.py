@@ -1,0 +1,331 @@
+"""The gdb server against the real gdb (batch mode): breakpoints, locals
+and globals, steps, backtraces, memory writes that change a call's result,
+Ctrl-C of a spinning guest, a fault with its source line, crash dumps, the
+``aionub debug`` command, and the protocol's robustness on a raw socket."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+
+import aionub
+from tests.debugging import debuggee
+
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed"),
+]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # gdb starts in ~0.5 s; one backend is enough (test_trio-style coverage below)
+
+
+def gdb_command(elf: Path, address: str, *commands: str) -> list[str]:
+    cmd = ["gdb", "-batch", "-nx", "-ex", "set confirm off", "-ex", f"target remote {address}"]
+    for c in commands:
+        cmd += ["-ex", c]
+    return [*cmd, str(elf)]
+
+
+async def gdb_resumed(server: aionub.GdbServer) -> None:
+    """Wait until gdb has set its breakpoints and resumed the guest: only
+    then may the call start (or it would run before gdb is ready)."""
+    await server.connected.wait()
+    with anyio.fail_after(60):
+        while server.target.resumes == 0 or server.target.stop is not None:
+            await anyio.sleep(0.02)
+
+
+async def run_gdb(elf: Path, address: str, *commands: str) -> str:
+    result = await anyio.run_process(gdb_command(elf, address, *commands), check=False, stdin=subprocess.DEVNULL)
+    return (result.stdout + result.stderr).decode(errors="replace")
+
+
+async def test_break_locals_globals_step_bt_and_a_memory_write_changes_the_result() -> None:
+    elf = debuggee()
+    async with aionub.Sandbox.create(elf, debug=True) as sb, aionub.serve_gdb(sb) as server:
+        output: list[str] = []
+
+        async def gdb() -> None:
+            output.append(await run_gdb(
+                elf, server.address,
+                "break scale", "continue", "print x", "print total", "next", "print factor",
+                "bt", "set var factor = 10", "detach",
+            ))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(gdb)
+            await gdb_resumed(server)
+            result = await sb.call("compute", 4)
+        text = output[0]
+        assert "Breakpoint 1, scale (x=4)" in text, text
+        assert "$1 = 4" in text and "$2 = 0" in text, text
+        assert "$3 = 3" in text, text
+        assert "#1" in text and "compute (x=4)" in text, text
+        assert result == 4 * 10 + 1  # factor was written through gdb
+        assert not sb.poisoned
+        assert await sb.call("compute", 1) == 4  # breakpoints gone after detach
+        assert server.target.breakpoints == {}
+
+
+async def test_stepi_moves_one_instruction() -> None:
+    elf = debuggee()
+    async with aionub.Sandbox.create(elf, debug=True) as sb, aionub.serve_gdb(sb) as server:
+        output: list[str] = []
+
+        async def gdb() -> None:
+            output.append(await run_gdb(
+                elf, server.address, "break step_me", "continue", "print/x $pc", "stepi", "print/x $pc",
+                "step", "step", "print a", "print b", "detach",
+            ))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(gdb)
+            await gdb_resumed(server)
+            assert await sb.call("step_me", 5) == 12
+        text = output[0]
+        pcs = [int(line.split("=")[1], 16) for line in text.splitlines() if line.startswith(("$1 =", "$2 ="))]
+        assert len(pcs) == 2 and pcs[1] > pcs[0], text
+        assert "$3 = 6" in text and "$4 = 12" in text, text
+
+
+async def test_ctrl_c_stops_a_spinning_guest_and_kill_ends_the_call() -> None:
+    elf = debuggee()
+    async with aionub.Sandbox.create(elf, debug=True) as sb, aionub.serve_gdb(sb) as server:
+        cmd = gdb_command(elf, server.address, "continue", "bt", "kill")
+        proc = await anyio.open_process(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        outcome: list[BaseException] = []
+
+        async def call() -> None:
+            try:
+                await sb.call("spin", timeout=60)
+            except aionub.SandboxError as exc:
+                outcome.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            await gdb_resumed(server)
+            tg.start_soon(call)
+            with anyio.fail_after(30):
+                while not aionub._native.lib.ab_interrupt_running(sb._ih):  # the call spins
+                    await anyio.sleep(0.02)
+            proc.send_signal(signal.SIGINT)  # gdb sends 0x03
+            with anyio.fail_after(60):
+                await proc.wait()
+        assert proc.stdout is not None
+        text = b""
+        async for chunk in proc.stdout:
+            text += chunk
+        assert b"SIGINT" in text and b"spin_forever" in text, text
+        assert outcome and isinstance(outcome[0], aionub.ExecutionCancelled), outcome
+        assert sb.poisoned
+
+
+async def test_a_fault_shows_its_source_line_then_the_call_raises() -> None:
+    elf = debuggee()
+    async with aionub.Sandbox.create(elf, debug=True) as sb, aionub.serve_gdb(sb) as server:
+        output: list[str] = []
+
+        async def gdb() -> None:
+            output.append(await run_gdb(elf, server.address, "continue", "bt", "continue"))
+
+        with pytest.raises(aionub.GuestFault) as info:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(gdb)
+                await gdb_resumed(server)
+                await sb.call("crash", 0x10)
+        text = output[0]
+        assert "SIGSEGV" in text, text
+        assert "CRASH LINE" in text, text
+        assert "crash (address=16)" in text, text
+        assert info.value.address == 0x10
+
+
+async def test_crash_dump_opens_in_gdb_with_a_backtrace(tmp_path: Path) -> None:
+    elf = debuggee()
+    async with aionub.Sandbox.create(elf, core_dir=str(tmp_path)) as sb:
+        with pytest.raises(aionub.GuestFault) as info:
+            await sb.call("crash", 0x20)
+    core = info.value.core_file  # type: ignore[attr-defined]
+    assert Path(core).parent == tmp_path and Path(core).is_file()
+    assert any(core in note for note in info.value.__notes__)
+    result = await anyio.run_process(
+        ["gdb", "-batch", "-nx", "-ex", "bt", "-ex", "print total", "-ex", "info registers rip", str(elf), core],
+        check=False,
+    )
+    text = (result.stdout + result.stderr).decode(errors="replace")
+    assert "crash (address=32)" in text and "CRASH LINE" in text, text
+    assert "compute" not in text
+    assert "$1 = 0" in text, text
+    assert "signal SIGSEGV" in text, text
+
+
+async def test_crash_dump_of_a_timeout_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIONUB_CORE_DIR", str(tmp_path))
+    elf = debuggee()
+    async with aionub.Sandbox.create(elf) as sb:
+        with pytest.raises(aionub.CallTimeout) as info:
+            await sb.call("spin", timeout=0.05)
+    core = info.value.core_file  # type: ignore[attr-defined]
+    result = await anyio.run_process(["gdb", "-batch", "-nx", "-ex", "bt", str(elf), core], check=False)
+    text = (result.stdout + result.stderr).decode(errors="replace")
+    assert "spin_forever" in text, text
+    assert "SIGKILL" in text, text
+
+
+async def test_no_crash_dump_unless_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AIONUB_CORE_DIR", raising=False)
+    async with aionub.Sandbox.create(debuggee()) as sb:
+        with pytest.raises(aionub.GuestFault) as info:
+            await sb.call("crash", 0x20)
+    assert not hasattr(info.value, "core_file")
+
+
+def test_aionub_debug_command_with_the_demo_guest() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aionub", "debug", "demo", "fib", "10", "--listen", "127.0.0.1:0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline() + proc.stderr.readline()
+        address = line.split("target remote ")[1].split("'")[0]
+        gdb = subprocess.run(
+            gdb_command(Path(aionub.DEMO_GUEST), address, "bt", "break fib", "continue", "bt", "continue"),
+            capture_output=True, text=True, timeout=120,
+        )
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = gdb.stdout + gdb.stderr
+    assert "fib (n=10)" in text and "demo.c" in text, text
+    assert "fib (n=n@entry=9)" in text or "fib (n=9)" in text, text
+    assert "exited normally" in text, text
+    assert out.strip() == "55"
+    assert proc.returncode == 0, err
+
+
+# ---- the protocol on a raw socket --------------------------------------------------------
+
+
+def frame(payload: bytes) -> bytes:
+    return b"$" + payload + b"#%02x" % (sum(payload) & 0xFF)
+
+
+class Client:
+    def __init__(self, stream: anyio.abc.SocketStream) -> None:
+        self.stream = stream
+        self.buffer = b""
+
+    async def packet(self, payload: bytes, *, raw: bytes | None = None) -> bytes:
+        await self.stream.send(raw if raw is not None else frame(payload))
+        return await self.reply()
+
+    async def reply(self) -> bytes:
+        with anyio.fail_after(10):
+            while True:
+                start = self.buffer.find(b"$")
+                end = self.buffer.find(b"#", start)
+                if start >= 0 and end >= 0 and len(self.buffer) >= end + 3:
+                    body = self.buffer[start + 1 : end]
+                    self.buffer = self.buffer[end + 3 :]
+                    return body
+                if self.buffer.startswith(b"-"):
+                    self.buffer = self.buffer[1:]
+                    return b"-"
+                if self.buffer.startswith(b"+"):
+                    self.buffer = self.buffer[1:]
+                    continue
+                self.buffer += await self.stream.receive()
+
+
+async def test_protocol_errors_get_error_replies_and_the_server_keeps_working() -> None:
+    async with aionub.Sandbox.create(aionub.DEMO_GUEST, debug=True) as sb, aionub.serve_gdb(sb) as server:
+        host, port = server.address.rsplit(":", 1)
+        async with await anyio.connect_tcp(host, int(port)) as stream:
+            c = Client(stream)
+            assert (await c.packet(b"?")).startswith(b"T02")  # idle: stopped at once
+            assert await c.packet(b"", raw=b"$g#00") == b"-"  # bad checksum
+            assert await c.packet(b"mzz,4") == b"E01"  # malformed address
+            assert await c.packet(b"m100000") == b"E01"  # no length
+            assert await c.packet(b"m0,4") == b"E01"  # page 0 is never mapped
+            assert await c.packet(b"mffffffffffff0000,10") == b"E01"  # outside guest memory
+            assert await c.packet(b"m1fffffffffffffff0,1") == b"E01"  # over 64 bits
+            big = await c.packet(b"m100000,ffffffffff")  # huge length: clipped to a packet
+            assert 0 < len(big) <= 0x4000
+            assert await c.packet(b"M100000,4:zz") == b"E01"  # bad hex
+            assert await c.packet(b"M100000,8:00") == b"E01"  # length mismatch
+            assert await c.packet(b"Z1,100000,1") == b""  # no hardware breakpoints here
+            assert await c.packet(b"P10=00") == b"E01"  # registers only at a debug stop... and short
+            assert await c.packet(b"qNonsense") == b""
+            assert await c.packet(b"p9999") == b"E45"
+            regs = await c.packet(b"g")
+            assert len(regs) == 536 * 2
+            xml = await c.packet(b"qXfer:features:read:target.xml:0,ffff")
+            assert xml.startswith(b"l<?xml") and b"org.gnu.gdb.i386.core" in xml
+            await stream.send(b"$" + b"A" * 70000)  # a packet that never ends
+            assert (await c.packet(b"?")).startswith(b"T")  # still serving
+            await c.packet(b"D")
+        # A new client after the first left; the sandbox is unharmed.
+        async with await anyio.connect_tcp(host, int(port)) as stream:
+            assert (await Client(stream).packet(b"?")).startswith(b"T")
+        assert await sb.call("add", 2, 3) == 5
+        assert server.clients == 2
+
+
+async def test_one_client_at_a_time() -> None:
+    async with aionub.Sandbox.create(aionub.DEMO_GUEST, debug=True) as sb, aionub.serve_gdb(sb) as server:
+        host, port = server.address.rsplit(":", 1)
+        async with await anyio.connect_tcp(host, int(port)) as first:
+            assert (await Client(first).packet(b"?")).startswith(b"T")
+            async with await anyio.connect_tcp(host, int(port)) as second:
+                with anyio.fail_after(10), pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+                    await second.receive()
+
+
+async def test_listens_on_loopback_by_default_and_on_a_unix_socket(tmp_path: Path) -> None:
+    async with aionub.Sandbox.create(aionub.DEMO_GUEST, debug=True) as sb:
+        async with aionub.serve_gdb(sb) as server:
+            assert server.address.startswith("127.0.0.1:")
+        path = tmp_path / "gdb.sock"
+        async with aionub.serve_gdb(sb, f"unix:{path}") as server:
+            assert os.stat(path).st_mode & 0o077 == 0
+            async with await anyio.connect_unix(path) as stream:
+                assert (await Client(stream).packet(b"?")).startswith(b"T")
+        assert not path.exists()
+
+
+async def test_debug_option_serves_gdb_for_the_sandboxs_life() -> None:
+    async with aionub.Sandbox.create(aionub.DEMO_GUEST, debug="127.0.0.1:0") as sb:
+        address = sb.debug_address
+        assert address is not None and address.startswith("127.0.0.1:")
+        host, port = address.rsplit(":", 1)
+        async with await anyio.connect_tcp(host, int(port)) as stream:
+            assert (await Client(stream).packet(b"?")).startswith(b"T")
+    with pytest.raises(OSError):
+        await anyio.connect_tcp(host, int(port))
+
+
+async def test_serving_needs_a_debug_sandbox() -> None:
+    async with aionub.Sandbox.create(aionub.DEMO_GUEST) as sb:
+        with pytest.raises(aionub.SandboxError, match="debug"):
+            async with aionub.serve_gdb(sb):
+                pass
+
+
+def test_bad_listen_addresses_are_named() -> None:
+    for bad, words in (("nonsense", "neither"), ("127.0.0.1:99999", "0 to 65535"), ("unix:", "socket path"),
+                       ("h:port", "not a number")):
+        with pytest.raises(ValueError, match=words):
+            aionub.Sandbox.create(aionub.DEMO_GUEST, debug=bad)
+    with pytest.raises(TypeError, match="debug"):
+        aionub.Sandbox.create(aionub.DEMO_GUEST, debug=3)
