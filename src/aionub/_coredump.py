@@ -10,6 +10,7 @@ import os
 import struct
 import tempfile
 import time
+
 from ._debug import read_registers
 from ._native import NativeSandbox
 
@@ -73,10 +74,13 @@ def core_segments(native: NativeSandbox, cr3: int) -> list[tuple[int, int, int]]
     return runs
 
 
+def _pad4(data: bytes) -> bytes:
+    return data + b"\0" * (-len(data) % 4)
+
+
 def _note(name: bytes, kind: int, desc: bytes) -> bytes:
     name += b"\0"
-    pad = lambda b: b + b"\0" * (-len(b) % 4)  # noqa: E731
-    return struct.pack("<III", len(name), len(desc), kind) + pad(name) + pad(desc)
+    return struct.pack("<III", len(name), len(desc), kind) + _pad4(name) + _pad4(desc)
 
 
 def _prstatus(signal: int, gpr: dict[str, int], segments: dict[str, int], fs_base: int, gs_base: int) -> bytes:

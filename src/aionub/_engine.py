@@ -19,6 +19,8 @@ import anyio
 from . import _abi, _native
 from ._binding import Binding, Deferred, deliver, new_binding, running_loop, sleep_through
 from ._config import SandboxConfig
+from ._coredump import write_core
+from ._debug import DebugTarget, resume_without_debugger
 from ._errors import event_error
 from ._exceptions import (
     CallTimeout,
@@ -27,18 +29,16 @@ from ._exceptions import (
     SandboxClosed,
     SandboxError,
 )
-from ._coredump import write_core
-from ._debug import DebugTarget, resume_without_debugger
 from ._hostcalls import GuestServices, HostFunction
 from ._lifecycle import Lifecycle, State
 from ._native import (
     CMD_CALL,
     CMD_RESUME,
+    EV_DEBUG_STOP,
     EV_HOSTCALL,
     EV_LOG,
     EV_READY,
     EV_RESULT,
-    EV_DEBUG_STOP,
     EV_SYS,
     NativeSandbox,
     lib,
@@ -544,7 +544,8 @@ def signal_for(exc: BaseException) -> int:
     from ._exceptions import GuestAborted, GuestFault
 
     if isinstance(exc, GuestFault):
-        return {0: 8, 6: 4, 16: 8, 19: 8, 1: 5, 3: 5}.get(exc.vector, 11)  # FPE, ILL, TRAP, else SEGV
+        # #DE, #MF, #XM: SIGFPE; #UD: SIGILL; #DB, #BP: SIGTRAP; else SIGSEGV.
+        return {0: 8, 6: 4, 16: 8, 19: 8, 1: 5, 3: 5}.get(exc.vector if exc.vector is not None else -1, 11)
     if isinstance(exc, GuestAborted):
         return 6  # SIGABRT
     return 9  # SIGKILL: stopped by a kill, a timeout or a cancellation

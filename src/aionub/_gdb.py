@@ -16,9 +16,11 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
+import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
@@ -98,6 +100,7 @@ class _Connection:
         self.send_lock = anyio.Lock()
         self.waiting = False  # a c/s/vCont awaits its stop reply
         self.closed = False
+        self.exit_reply: bytes | None = None  # W/X: the guest cannot go on
 
     # ---- framing ---------------------------------------------------------------
 
@@ -123,7 +126,7 @@ class _Connection:
                 self.buffer.clear()
                 await self.stream.send(b"-")
 
-    def _take(self) -> bytes | None | bool:
+    def _take(self) -> bytes | bool | None:
         """The next complete packet, None for Ctrl-C, False if none yet."""
         buf = self.buffer
         while buf:
@@ -229,8 +232,8 @@ class _Connection:
             name = gpr_name(_hex_int(number, "register number"))
             if not sep or name is None or len(value) != 16:
                 raise ProtocolError("only the general registers, rip and eflags are writable")
-            raw = int.from_bytes(bytes.fromhex(value.decode("ascii", "replace")), "little")
-            target.set_registers({name: raw})
+            number_value = int.from_bytes(bytes.fromhex(value.decode("ascii", "replace")), "little")
+            target.set_registers({name: number_value})
             return b"OK"
         if cmd == b"m":
             addr, length = _addr_len(body[1:])
@@ -291,7 +294,7 @@ class _Connection:
         return b""
 
     def _continue(self, action: Action) -> bytes | None:
-        self.exit_reply: bytes | None = None
+        self.exit_reply = None
         self._resume(action)
         if self.exit_reply is not None:
             self.closed = True
@@ -369,19 +372,21 @@ class GdbServer:
         listen = self.listen
         if listen.path is not None:
             self.listener = await anyio.create_unix_listener(listen.path)
-            os.chmod(listen.path, 0o600)  # only our user may attach
+            os.chmod(listen.path, 0o600)  # only our user may connect (and _serve_client checks)
             self.address = f"unix:{listen.path}"
         else:
             assert listen.host is not None
             multi = await anyio.create_tcp_listener(local_host=listen.host, local_port=listen.port)
             # One socket: a name that resolves to several addresses (v4
             # and v6) gets the first, so the port is one known address.
-            self.listener = multi.listeners[0]
+            first = multi.listeners[0]
             for extra in multi.listeners[1:]:
                 await extra.aclose()
-            sockname = self.listener.extra(anyio.abc.SocketAttribute.local_address)
-            host, port = sockname[0], sockname[1]
-            self.address = str(ListenAddress(host, port, None))
+            assert isinstance(first, anyio.abc.SocketListener)
+            self.listener = first
+            sockname = first.extra(anyio.abc.SocketAttribute.local_address)
+            assert isinstance(sockname, tuple)
+            self.address = str(ListenAddress(str(sockname[0]), int(sockname[1]), None))
         return self.address
 
     async def serve(self) -> None:
@@ -390,7 +395,7 @@ class GdbServer:
         async with self.listener:
             while True:
                 stream = await self.listener.accept()
-                if self._connection is not None:
+                if self._connection is not None or not _same_user(stream):
                     await _turn_away(stream)
                     continue
                 await self._serve_client(stream)
@@ -445,6 +450,18 @@ class GdbServer:
                 os.unlink(self.listen.path)
             except FileNotFoundError:
                 pass
+
+
+def _same_user(stream: anyio.abc.SocketStream) -> bool:
+    """On a Unix socket, only a client of our own user is served (checked
+    with SO_PEERCRED, besides the socket file's 0600 mode). TCP clients are
+    limited by the address the server binds (loopback by default)."""
+    sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+    if sock.family != socket.AF_UNIX:
+        return True
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return bool(uid == os.getuid())
 
 
 async def _turn_away(stream: anyio.abc.ByteStream) -> None:
