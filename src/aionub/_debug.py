@@ -49,6 +49,8 @@ _PAGE = 4096
 _ADDR_MASK = 0x000F_FFFF_FFFF_F000  # physical address bits of a page-table entry
 _PTE_PRESENT = 0x1
 _PTE_LARGE = 0x80
+#: RFLAGS bits a debugger may write: CF PF AF ZF SF OF, TF, DF, AC.
+_USER_FLAGS = 0x8D5 | 0x100 | 0x400 | 0x40000
 
 
 class DebugError(SandboxError):
@@ -355,7 +357,13 @@ class DebugTarget:
         return read_registers(self._native())
 
     def set_registers(self, gpr: dict[str, int]) -> None:
+        """The debugger's register writes. Of RFLAGS only the flags a CPL3
+        program may change itself are taken (IOPL, IF and the rest keep
+        their values): a debugger edits the guest, it does not lift it."""
         native = self._native()
+        if "rflags" in gpr:
+            current = read_registers(native).gpr["rflags"]
+            gpr = dict(gpr, rflags=(current & ~_USER_FLAGS) | (gpr["rflags"] & _USER_FLAGS))
         write_registers(native, gpr)
 
     def _cr3(self, native: NativeSandbox) -> int:
