@@ -337,3 +337,112 @@ def test_bad_listen_addresses_are_named() -> None:
             aionub.Sandbox.create(aionub.DEMO_GUEST, debug=bad)
     with pytest.raises(TypeError, match="debug"):
         aionub.Sandbox.create(aionub.DEMO_GUEST, debug=3)
+
+
+async def test_register_writes_at_a_breakpoint_keep_privileged_flags() -> None:
+    elf = debuggee()
+    image = elf.read_bytes()
+    async with aionub.Sandbox.create(elf, debug=True) as sb, aionub.serve_gdb(sb) as server:
+        target = server.target
+        target.attach()
+        target.insert_breakpoint(target.function_address(image, "step_me"), internal=True)
+        host, port = server.address.rsplit(":", 1)
+        results: list[int] = []
+
+        async def call() -> None:
+            results.append(await sb.call("step_me", 5))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call)
+            async with await anyio.connect_tcp(host, int(port)) as stream:
+                c = Client(stream)
+                assert (await c.packet(b"?")).startswith(b"T05")
+                flags = int.from_bytes(bytes.fromhex((await c.packet(b"p11")).decode()), "little")
+                wanted = flags | 0x3000 | 0x1  # IOPL 3 and CF
+                assert await c.packet(b"P11=" + wanted.to_bytes(8, "little").hex().encode()) == b"OK"
+                now = int.from_bytes(bytes.fromhex((await c.packet(b"p11")).decode()), "little")
+                assert now & 0x1 and not now & 0x3000, hex(now)
+                assert await c.packet(b"P11=" + flags.to_bytes(8, "little").hex().encode()) == b"OK"
+                await c.packet(b"D")
+        assert results == [12]
+
+
+def test_trio_serves_gdb_too() -> None:
+    async def main() -> None:
+        async with aionub.Sandbox.create(aionub.DEMO_GUEST, debug=True) as sb, aionub.serve_gdb(sb) as server:
+            host, port = server.address.rsplit(":", 1)
+            async with await anyio.connect_tcp(host, int(port)) as stream:
+                c = Client(stream)
+                assert (await c.packet(b"?")).startswith(b"T02")
+                assert len(await c.packet(b"g")) == 536 * 2
+                await c.packet(b"D")
+            assert await sb.call("add", 2, 3) == 5
+
+    anyio.run(main, backend="trio")
+
+
+def test_aionub_debug_names_an_unknown_function() -> None:
+    proc = subprocess.run([sys.executable, "-m", "aionub", "debug", "demo", "nosuch", "--listen", "127.0.0.1:0"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "nosuch" in proc.stderr
+
+
+async def held_at_entry(sb: aionub.Sandbox, function: str) -> aionub.GdbServer:
+    """A server whose target holds the next call of ``function`` at its entry."""
+    server = aionub.GdbServer(sb)
+    target = server.target
+    target.attach()
+    target.insert_breakpoint(target.function_address(Path(sb._label).read_bytes(), function), internal=True)
+    return server
+
+
+async def test_the_timeout_clock_stops_while_the_debugger_holds_the_call() -> None:
+    async with aionub.Sandbox.create(debuggee(), debug=True) as sb:
+        server = await held_at_entry(sb, "step_me")
+        target = server.target
+        results: list[int] = []
+
+        async def call() -> None:
+            results.append(await sb.call("step_me", 5, timeout=0.5))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call)
+            stop = await target.wait_stop()
+            assert stop.swbreak and stop.in_call
+            await anyio.sleep(1.5)  # three times the timeout, held
+            target.resume(aionub._debug.Action.CONTINUE)
+        assert results == [12]
+        target.detach()
+
+
+async def test_closing_releases_a_call_held_by_the_debugger() -> None:
+    async with aionub.Sandbox.create(debuggee(), debug=True) as sb:
+        server = await held_at_entry(sb, "step_me")
+        errors: list[BaseException] = []
+
+        async def call() -> None:
+            try:
+                await sb.call("step_me", 5)
+            except aionub.SandboxError as exc:
+                errors.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call)
+            await server.target.wait_stop()
+            with anyio.fail_after(30):
+                await sb.aclose()
+        assert errors and isinstance(errors[0], aionub.SandboxClosed), errors
+
+
+async def test_a_cancelled_task_stops_a_held_call() -> None:
+    async with aionub.Sandbox.create(debuggee(), debug=True) as sb:
+        server = await held_at_entry(sb, "step_me")
+        with anyio.move_on_after(60) as outer:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(sb.call, "step_me", 5)
+                await server.target.wait_stop()
+                tg.cancel_scope.cancel()
+        assert not outer.cancelled_caught
+        assert sb.poisoned
+        server.target.detach()

@@ -473,6 +473,8 @@ class Engine:
         while lifecycle.command is not None:
             lib.ab_interrupt_cancel(self.ih)
             self.services.cancel_host_call()
+            if self.debugger is not None:
+                self.debugger.detach()  # a call held at a gdb stop runs on (and sees the close)
             deferred = await sleep_through(delay) or deferred
         deferred = await self._teardown() or deferred
         log.debug("closed sandbox %s", lifecycle.label)

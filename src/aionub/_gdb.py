@@ -13,6 +13,7 @@ the thread queries gdb makes. Anything else gets the empty reply
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
@@ -376,13 +377,16 @@ class GdbServer:
             self.address = f"unix:{listen.path}"
         else:
             assert listen.host is not None
-            multi = await anyio.create_tcp_listener(local_host=listen.host, local_port=listen.port)
-            # One socket: a name that resolves to several addresses (v4
-            # and v6) gets the first, so the port is one known address.
-            first = multi.listeners[0]
-            for extra in multi.listeners[1:]:
-                await extra.aclose()
-            assert isinstance(first, anyio.abc.SocketListener)
+            first = await _numeric_listener(listen.host, listen.port)
+            if first is None:
+                multi = await anyio.create_tcp_listener(local_host=listen.host, local_port=listen.port)
+                # One socket: a name that resolves to several addresses (v4
+                # and v6) gets the first, so the port is one known address.
+                for extra in multi.listeners[1:]:
+                    await extra.aclose()
+                resolved = multi.listeners[0]
+                assert isinstance(resolved, anyio.abc.SocketListener)
+                first = resolved
             self.listener = first
             sockname = first.extra(anyio.abc.SocketAttribute.local_address)
             assert isinstance(sockname, tuple)
@@ -450,6 +454,25 @@ class GdbServer:
                 os.unlink(self.listen.path)
             except FileNotFoundError:
                 pass
+
+
+async def _numeric_listener(host: str, port: int) -> anyio.abc.SocketListener | None:
+    """A listener on a numeric address, bound here without a resolver
+    thread (the usual case: 127.0.0.1); None for a host name."""
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        return None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(4)
+        sock.setblocking(False)
+        return await anyio.abc.SocketListener.from_socket(sock)
+    except BaseException:
+        sock.close()
+        raise
 
 
 def _same_user(stream: anyio.abc.SocketStream) -> bool:
