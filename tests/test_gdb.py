@@ -446,3 +446,14 @@ async def test_a_cancelled_task_stops_a_held_call() -> None:
         assert not outer.cancelled_caught
         assert sb.poisoned
         server.target.detach()
+
+
+async def test_crash_dump_of_an_abort_names_sigabrt(tmp_path: Path) -> None:
+    async with aionub.Sandbox.create(aionub.DEMO_GUEST, core_dir=str(tmp_path)) as sb:
+        with pytest.raises(aionub.GuestAborted) as info:
+            await sb.call("abort", 3, "no")
+    core = info.value.core_file  # type: ignore[attr-defined]
+    assert os.stat(core).st_mode & 0o777 == 0o600
+    result = await anyio.run_process(["gdb", "-batch", "-nx", "-ex", "bt", aionub.DEMO_GUEST, core], check=False)
+    text = (result.stdout + result.stderr).decode(errors="replace")
+    assert "SIGABRT" in text and "ab_abort" in text, text
