@@ -59,7 +59,7 @@ async def test_break_locals_globals_step_bt_and_a_memory_write_changes_the_resul
             output.append(await run_gdb(
                 elf, server.address,
                 "break scale", "continue", "print x", "print total", "next", "print factor",
-                "bt", "set var factor = 10", "detach",
+                "bt", "set var factor = 10", "set $rax = 0x1234", "print/x $rax", "detach",
             ))
 
         async with anyio.create_task_group() as tg:
@@ -70,6 +70,7 @@ async def test_break_locals_globals_step_bt_and_a_memory_write_changes_the_resul
         assert "Breakpoint 1, scale (x=4)" in text, text
         assert "$1 = 4" in text and "$2 = 0" in text, text
         assert "$3 = 3" in text, text
+        assert "$4 = 0x1234" in text, text  # a register write (P packet)
         assert "#1" in text and "compute (x=4)" in text, text
         assert result == 4 * 10 + 1  # factor was written through gdb
         assert not sb.poisoned
@@ -354,15 +355,19 @@ async def test_register_writes_at_a_breakpoint_keep_privileged_flags() -> None:
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(call)
+            await target.wait_stop()  # held at step_me's entry before the client asks
             async with await anyio.connect_tcp(host, int(port)) as stream:
                 c = Client(stream)
                 assert (await c.packet(b"?")).startswith(b"T05")
                 flags = int.from_bytes(bytes.fromhex((await c.packet(b"p11")).decode()), "little")
                 wanted = flags | 0x3000 | 0x1  # IOPL 3 and CF
-                assert await c.packet(b"P11=" + wanted.to_bytes(8, "little").hex().encode()) == b"OK"
+                assert await c.packet(b"P11=" + wanted.to_bytes(8, "little").hex().encode()) == b"E01"  # 4 bytes
+                assert await c.packet(b"P11=" + wanted.to_bytes(4, "little").hex().encode()) == b"OK"
                 now = int.from_bytes(bytes.fromhex((await c.packet(b"p11")).decode()), "little")
                 assert now & 0x1 and not now & 0x3000, hex(now)
-                assert await c.packet(b"P11=" + flags.to_bytes(8, "little").hex().encode()) == b"OK"
+                assert await c.packet(b"P11=" + flags.to_bytes(4, "little").hex().encode()) == b"OK"
+                rax = (await c.packet(b"p0"))
+                assert await c.packet(b"P0=" + rax) == b"OK"
                 await c.packet(b"D")
         assert results == [12]
 

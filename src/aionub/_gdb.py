@@ -29,7 +29,7 @@ import anyio.abc
 from ._debug import Action, DebugError, DebugTarget, Stop
 from ._exceptions import SandboxError
 from ._gdbaddr import ListenAddress, parse_listen
-from ._gdbregs import TARGET_XML, decode_gpr_block, encode_register, encode_registers, gpr_name
+from ._gdbregs import REGISTERS, TARGET_XML, decode_gpr_block, encode_register, encode_registers, gpr_name
 
 if TYPE_CHECKING:
     from ._sandbox import Sandbox
@@ -229,10 +229,13 @@ class _Connection:
         if cmd == b"p":
             return encode_register(target.registers(), _hex_int(body[1:], "register number"))
         if cmd == b"P":
-            number, sep, value = body[1:].partition(b"=")
-            name = gpr_name(_hex_int(number, "register number"))
-            if not sep or name is None or len(value) != 16:
+            number_text, sep, value = body[1:].partition(b"=")
+            number = _hex_int(number_text, "register number")
+            name = gpr_name(number)
+            if not sep or name is None:
                 raise ProtocolError("only the general registers, rip and eflags are writable")
+            if len(value) != 2 * REGISTERS[number][1]:
+                raise ProtocolError(f"register {number} takes {REGISTERS[number][1]} bytes")
             number_value = int.from_bytes(bytes.fromhex(value.decode("ascii", "replace")), "little")
             target.set_registers({name: number_value})
             return b"OK"

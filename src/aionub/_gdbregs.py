@@ -8,7 +8,7 @@ import struct
 
 from ._debug import GPR_FIELDS, DebugError, Registers
 
-__all__ = ("NUM_REGS", "TARGET_XML", "encode_registers", "encode_register", "decode_gpr_block", "gpr_name")
+__all__ = ("NUM_REGS", "REGISTERS", "TARGET_XML", "encode_registers", "encode_register", "decode_gpr_block", "gpr_name")
 
 _GPR_NAMES = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
               "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
