@@ -19,9 +19,14 @@ pytestmark = pytest.mark.anyio
 lib = _native.lib
 
 
-def in_thread(func: object, delay: float, results: list[object]) -> threading.Thread:
+def in_thread(func: object, delay: float, results: list[object], sb: aionub.Sandbox | None = None) -> threading.Thread:
+    """Run ``func`` in a thread after ``delay`` seconds and, given ``sb``,
+    once its guest is running (a loaded machine may start the call late)."""
+
     def run() -> None:
         time.sleep(delay)
+        while sb is not None and not lib.ab_interrupt_running(sb._ih):
+            time.sleep(0.001)
         results.append(func())  # type: ignore[operator]
 
     thread = threading.Thread(target=run)
@@ -43,12 +48,7 @@ async def test_debug_interrupt_during_a_call_pauses_and_resumes_without_a_debugg
     handle = demo.interrupt_handle()
     results: list[object] = []
 
-    def when_running() -> bool:
-        while not lib.ab_interrupt_running(demo._ih):
-            time.sleep(0.001)
-        return handle.kill_from_debugger()
-
-    thread = in_thread(when_running, 0, results)
+    thread = in_thread(handle.kill_from_debugger, 0, results, demo)
     # fib(38) runs for a good fraction of a second; the pause must not
     # change its result.
     assert await demo.call("fib", 38) == 39088169
@@ -71,7 +71,7 @@ async def test_a_pending_debug_interrupt_pauses_the_next_call_at_its_start(demo:
 async def test_kill_is_not_a_debug_stop(demo: aionub.Sandbox) -> None:
     handle = demo.interrupt_handle()
     results: list[object] = []
-    thread = in_thread(handle.kill, 0.05, results)
+    thread = in_thread(handle.kill, 0.01, results, demo)
     with pytest.raises(aionub.ExecutionCancelled):
         await demo.call("spin")
     thread.join()
@@ -86,10 +86,11 @@ async def test_debug_interrupt_then_kill_ends_cancelled(demo: aionub.Sandbox) ->
 
     def both() -> tuple[bool, bool]:
         paused = handle.kill_from_debugger()
-        time.sleep(0.05)  # the call has resumed by now (no debugger)
+        while not lib.ab_interrupt_running(demo._ih):  # resumed (no debugger)
+            time.sleep(0.001)
         return paused, handle.kill()
 
-    thread = in_thread(both, 0.05, results)
+    thread = in_thread(both, 0.01, results, demo)
     with pytest.raises(aionub.ExecutionCancelled):
         await demo.call("spin")
     thread.join()
@@ -105,7 +106,7 @@ async def test_kill_then_debug_interrupt_ends_cancelled(demo: aionub.Sandbox) ->
         killed = handle.kill()
         return killed, handle.kill_from_debugger()
 
-    thread = in_thread(both, 0.05, results)
+    thread = in_thread(both, 0.01, results, demo)
     with pytest.raises(aionub.ExecutionCancelled):
         await demo.call("spin")
     thread.join()

@@ -274,6 +274,12 @@ async def test_protocol_errors_get_error_replies_and_the_server_keeps_working() 
             assert await c.packet(b"P10=00") == b"E01"  # registers only at a debug stop... and short
             assert await c.packet(b"qNonsense") == b""
             assert await c.packet(b"p9999") == b"E45"
+            heap = int(sb._native.layout.heap_addr)  # type: ignore[union-attr]
+            assert await c.packet(b"M%x,4:deadbeef" % heap) == b"OK"
+            assert await c.packet(b"m%x,4" % heap) == b"deadbeef"
+            assert await c.packet(b"X%x,2:}\x03}\x04" % heap) == b"OK"  # binary, escaped '#' and '$'
+            assert await c.packet(b"m%x,4" % heap) == b"2324beef"
+            assert await c.packet(b"x%x,2" % heap) == b"b}\x03}\x04"
             regs = await c.packet(b"g")
             assert len(regs) == 536 * 2
             xml = await c.packet(b"qXfer:features:read:target.xml:0,ffff")
