@@ -468,3 +468,52 @@ async def test_crash_dump_of_an_abort_names_sigabrt(tmp_path: Path) -> None:
     result = await anyio.run_process(["gdb", "-batch", "-nx", "-ex", "bt", aionub.DEMO_GUEST, core], check=False)
     text = (result.stdout + result.stderr).decode(errors="replace")
     assert "SIGABRT" in text and "ab_abort" in text, text
+
+
+async def test_restore_undoes_what_the_debugger_wrote() -> None:
+    # Host writes bypass KVM's dirty log: the debugger's must be recorded
+    # for restore's fast path like the host's own (native/debug.c).
+    async with aionub.Sandbox.create(debuggee(), debug=True) as sb:
+        snap = await sb.snapshot()
+        native = sb._native
+        assert native is not None
+        heap = int(native.layout.heap_addr) + 3 * 4096
+        server = aionub.GdbServer(sb)
+        target = server.target
+        target.attach()
+        await target.interrupt()  # an idle stop: memory may be written
+        before = target.read_memory(heap, 8)
+        target.write_memory(heap, b"\xaa" * 8)
+        target_address = target.function_address(Path(sb._label).read_bytes(), "step_me")
+        code = target.read_memory(target_address, 1)[0]
+        target.write_memory(target_address, b"\xcc")  # as a breakpoint gdb never removed
+        target.resume(aionub._debug.Action.CONTINUE)
+        target.detach()
+        assert bytes(native.memory[heap : heap + 8]) == b"\xaa" * 8
+        await sb.restore(snap)
+        assert bytes(native.memory[heap : heap + 8]) == before
+        assert native.memory[target_address : target_address + 1][0] == code
+        assert await sb.call("step_me", 5) == 12
+
+
+def test_aionub_debug_reports_a_fault_as_aionub_call_does() -> None:
+    elf = debuggee()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aionub", "debug", str(elf), "crash", "16", "--listen", "127.0.0.1:0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline() + proc.stderr.readline()
+        address = line.split("target remote ")[1].split("'")[0]
+        gdb = subprocess.run(gdb_command(elf, address, "continue", "continue"), capture_output=True, text=True,
+                             timeout=120, stdin=subprocess.DEVNULL)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = gdb.stdout + gdb.stderr
+    assert "SIGSEGV" in text and "CRASH LINE" in text, text
+    assert proc.returncode == 1
+    assert out == ""
+    assert "aionub debug: GuestFault: guest fault: #PF page fault, read (unmapped page) at 0x10" in err, err
