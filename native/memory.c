@@ -193,7 +193,8 @@ static void build_tss(uint8_t *mem)
  * host with one `out AB_PORT_FAULT`. CPL0 code is emulated
  * instruction by instruction here, so the stubs stay a handful of general
  * register instructions. They are never resumed: a fault poisons the
- * sandbox. */
+ * sandbox (a #BP or #DB in a sandbox with debugging on is a pause instead:
+ * debug.c puts the vCPU back at CPL3 from the frame). */
 static bool pushes_error_code(unsigned vector)
 {
     return vector == 8 || (vector >= 10 && vector <= 14) || vector == 17 ||
