@@ -8,7 +8,8 @@ by default, or a Unix socket). All-stop mode, one thread. Packets:
 ``qXfer:features:read:target.xml``, ``QStartNoAckMode``, ``k``, ``D`` and
 the thread queries gdb makes. Anything else gets the empty reply
 ("unsupported"); a malformed packet gets ``E01`` and a bad checksum a
-``-``; neither ends the session. ``docs/debugging.md`` has a session.
+``-``; neither ends the connection. ``docs/debugging.md`` has a debugging
+run to replay.
 """
 
 from __future__ import annotations
@@ -156,7 +157,7 @@ class _Connection:
             return body
         return False
 
-    # ---- the session -------------------------------------------------------------
+    # ---- the connection ----------------------------------------------------------
 
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:
@@ -438,7 +439,7 @@ class GdbServer:
             await _turn_away(stream)
 
     async def call_ended(self, status: int = 0) -> None:
-        """For a one-call session (``aionub debug``): the call is over, so
+        """For a one-call debugging run (``aionub debug``): the call is over, so
         the guest "exits" (``W`` status) and the client is let go."""
         connection = self._connection
         if connection is not None and not connection.closed:
