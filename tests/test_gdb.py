@@ -378,7 +378,11 @@ async def test_register_writes_at_a_breakpoint_keep_privileged_flags() -> None:
         assert results == [12]
 
 
-def test_trio_serves_gdb_too() -> None:
+@pytest.mark.parametrize("backend", [
+    pytest.param(("trio", {}), id="trio"),
+    pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
+])
+def test_trio_and_uvloop_serve_gdb_too(backend: tuple[str, dict[str, object]]) -> None:
     async def main() -> None:
         async with aionub.Sandbox.create(aionub.DEMO_GUEST, debug=True) as sb, aionub.serve_gdb(sb) as server:
             host, port = server.address.rsplit(":", 1)
@@ -389,7 +393,10 @@ def test_trio_serves_gdb_too() -> None:
                 await c.packet(b"D")
             assert await sb.call("add", 2, 3) == 5
 
-    anyio.run(main, backend="trio")
+    name, options = backend
+    if name == "asyncio":
+        pytest.importorskip("uvloop", reason="uvloop is not installed")
+    anyio.run(main, backend=name, backend_options=options)
 
 
 def test_aionub_debug_names_an_unknown_function() -> None:
