@@ -257,9 +257,11 @@ class DebugTarget:
                 write_registers(native, {"rip": address})  # gdb wants pc at the breakpoint
                 stop.swbreak = True
         elif reason == STOP_STEP:
-            if self.stepping:
-                regs = read_registers(native)
-                write_registers(native, {"rflags": regs.gpr["rflags"] & ~RFLAGS_TF})
+            # Always clear TF: a step that completed in a later call (over
+            # the `out` that ended a call) must not keep trapping after a
+            # continue.
+            regs = read_registers(native)
+            write_registers(native, {"rflags": regs.gpr["rflags"] & ~RFLAGS_TF})
         elif reason == STOP_INTERRUPT:
             stop.signal = SIGINT
         held = self.stop
