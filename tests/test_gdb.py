@@ -524,3 +524,26 @@ def test_aionub_debug_reports_a_fault_as_aionub_call_does() -> None:
     assert proc.returncode == 1
     assert out == ""
     assert "aionub debug: GuestFault: guest fault: #PF page fault, read (unmapped page) at 0x10" in err, err
+
+
+async def test_crash_dump_of_a_kill(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    async with aionub.Sandbox.create(debuggee(), core_dir=str(tmp_path)) as sb:
+        handle = sb.interrupt_handle()
+
+        def kill() -> None:
+            while not aionub._native.lib.ab_interrupt_running(sb._ih):
+                time.sleep(0.001)
+            handle.kill()
+
+        thread = threading.Thread(target=kill)
+        thread.start()
+        with pytest.raises(aionub.ExecutionCancelled) as info:
+            await sb.call("spin")
+        thread.join()
+    core = info.value.core_file  # type: ignore[attr-defined]
+    result = await anyio.run_process(["gdb", "-batch", "-nx", "-ex", "bt", str(debuggee()), core], check=False)
+    text = (result.stdout + result.stderr).decode(errors="replace")
+    assert "SIGKILL" in text and "spin_forever" in text, text
