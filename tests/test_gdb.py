@@ -547,3 +547,29 @@ async def test_crash_dump_of_a_kill(tmp_path: Path) -> None:
     result = await anyio.run_process(["gdb", "-batch", "-nx", "-ex", "bt", str(debuggee()), core], check=False)
     text = (result.stdout + result.stderr).decode(errors="replace")
     assert "SIGKILL" in text and "spin_forever" in text, text
+
+
+async def test_a_client_leaving_while_a_call_runs_takes_its_breakpoints_along() -> None:
+    image = Path(aionub.DEMO_GUEST).read_bytes()
+    async with aionub.Sandbox.create(aionub.DEMO_GUEST, debug=True) as sb, aionub.serve_gdb(sb) as server:
+        add = server.target.function_address(image, "add")
+        host, port = server.address.rsplit(":", 1)
+        results: list[int] = []
+        async with anyio.create_task_group() as tg:
+            async with await anyio.connect_tcp(host, int(port)) as stream:
+                c = Client(stream)
+                assert (await c.packet(b"?")).startswith(b"T02")
+                assert await c.packet(b"Z0,%x,1" % add) == b"OK"
+                await stream.send(frame(b"c"))
+
+                async def fib() -> None:
+                    results.append(await sb.call("fib", 36))
+
+                tg.start_soon(fib)
+                with anyio.fail_after(30):
+                    while not aionub._native.lib.ab_interrupt_running(sb._ih):
+                        await anyio.sleep(0.001)
+            # The client is gone while fib runs: its breakpoint must go too.
+        assert results == [14930352]
+        assert await sb.call("add", 2, 3) == 5  # no stray int3 left behind
+        assert not sb.poisoned

@@ -218,9 +218,22 @@ class DebugTarget:
         self.engine.check_open()
         self.engine.debugger = self
 
+    async def release(self) -> None:
+        """:meth:`detach` for a debugger that goes away at any moment: a
+        call running meanwhile is paused first, since breakpoints can only
+        be taken out of a stopped guest (else its next hit, with nobody
+        attached, would be a fault)."""
+        engine = self.engine
+        if (engine.debugger is self and self.stop is None and engine.lifecycle.command is not None
+                and (self.breakpoints or self.internal)):
+            with anyio.move_on_after(5):  # a call may be stuck in an async host function
+                await self.interrupt()
+        self.detach()
+
     def detach(self) -> None:
         """Remove every breakpoint, clear a pending step and let the guest
-        run on as if no debugger had been there."""
+        run on as if no debugger had been there. Only a stopped or idle
+        guest can have its breakpoints removed: see :meth:`release`."""
         if self.engine.debugger is self:
             self.engine.debugger = None
         for table in (self.breakpoints, self.internal):
@@ -263,6 +276,10 @@ class DebugTarget:
             regs = read_registers(native)
             write_registers(native, {"rflags": regs.gpr["rflags"] & ~RFLAGS_TF})
         elif reason == STOP_INTERRUPT:
+            if self.stop is None and not lib.ab_interrupt_is_debug_interrupted(self.engine.ih):
+                # Withdrawn: the debugger resumed an idle stop after the vCPU
+                # saw DEBUG_INTERRUPT but before this pause reached us.
+                return
             stop.signal = SIGINT
         held = self.stop
         if held is not None and not held.in_call:

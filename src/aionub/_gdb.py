@@ -427,8 +427,8 @@ class GdbServer:
                 await connection.run()
             finally:
                 self._connection = None
-                self.target.detach()
                 with anyio.CancelScope(shield=True):
+                    await self.target.release()  # breakpoints out, held calls run on
                     await stream.aclose()
                 tg.cancel_scope.cancel()
 
