@@ -27,6 +27,21 @@ def _load(name: str):
     return module
 
 
+def _split_debug_info(elf: pathlib.Path) -> None:
+    """Move the DWARF of ``elf`` into ``elf.debug`` beside it, linked with
+    .gnu_debuglink: gdb finds it there (docs/debugging.md) and the guest
+    image every Sandbox.create reads and hashes stays small. Without
+    objcopy the DWARF simply stays in the image."""
+    objcopy = shutil.which("objcopy")
+    if objcopy is None:
+        return
+    import subprocess
+
+    debug = elf.with_name(elf.name + ".debug")
+    subprocess.run([objcopy, "--only-keep-debug", str(elf), str(debug)], check=True)
+    subprocess.run([objcopy, "--strip-debug", f"--add-gnu-debuglink={debug}", str(elf)], check=True)
+
+
 class BuildPyWithGuests(build_py):
     def run(self) -> None:
         super().run()
@@ -41,11 +56,9 @@ class BuildPyWithGuests(build_py):
         if sdk_dir.exists():
             shutil.rmtree(sdk_dir)
         sdk = build.install_sdk(build.SdkLayout.source_tree(ROOT, libc_dir), sdk_dir)
-        build.build_guest(
-            [ROOT / "native" / "guest" / "demo" / "demo.c"],
-            package / "_guests" / "demo.elf",
-            sdk=sdk,
-        )
+        demo = package / "_guests" / "demo.elf"
+        build.build_guest([ROOT / "native" / "guest" / "demo" / "demo.c"], demo, sdk=sdk, cflags=["-g"])
+        _split_debug_info(demo)
         # The script runtimes (QuickJS, Lua 5.4), cached by a key over all
         # their inputs: a reinstall with nothing changed only copies them.
         runtimes = _load("_runtimes")

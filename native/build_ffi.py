@@ -29,6 +29,7 @@ SOURCES = [
     "spawn.c",
     "snapfile.c",
     "statedump.c",
+    "debug.c",
 ]
 
 

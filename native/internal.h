@@ -69,7 +69,7 @@ void memory_unmap(struct ab_sandbox *sb); /* guest memory; idempotent */
 
 /* ---- interrupt.c: the interrupt handle -------------------------------------
  * state bits, as in the seed: CANCEL (bit 0), RUNNING (bit 1),
- * DEBUG_INTERRUPT (bit 2, reserved: no debugger yet). */
+ * DEBUG_INTERRUPT (bit 2: pause for a debugger; see debug.c). */
 #define AB_CANCEL_BIT 0x1u
 #define AB_RUNNING_BIT 0x2u
 #define AB_DEBUG_INTERRUPT_BIT 0x4u
@@ -162,6 +162,8 @@ struct ab_limits {
     uint64_t cpu_left_ns;     /* budget left while paused                   */
     uint64_t cpu_since_ns;    /* thread CPU clock when last (re)armed       */
     uint64_t cpu_used_ns;     /* CPU time the guest used in this call       */
+    bool wall_paused;         /* the deadline is stopped (a debugger's stop) */
+    uint64_t wall_left_ns;    /* what was left of it then                   */
     _Atomic bool armed;       /* the handler acts on our timers' signals    */
     _Atomic uint32_t outcome; /* 0, AB_EV_TIMEOUT or AB_EV_CPU_TIMEOUT      */
     /* The placement's spread timer (placement.c): unpins the vCPU thread
@@ -175,7 +177,9 @@ struct ab_sandbox;
 void limits_bind_thread(struct ab_sandbox *sb);  /* on the vCPU thread     */
 /* At a CALL: arm what the call asked for. 0, or -errno with *what set. */
 int limits_begin(struct ab_sandbox *sb, const char **what);
-void limits_pause(struct ab_sandbox *sb);  /* an event Python answers      */
+/* An event Python answers: pause the CPU budget (and, for a debugger's
+ * stop, the deadline too). */
+void limits_pause(struct ab_sandbox *sb, bool deadline_too);
 int limits_resume(struct ab_sandbox *sb);  /* RESUME after it              */
 void limits_end(struct ab_sandbox *sb);    /* the call's last event        */
 uint32_t limits_outcome(struct ab_sandbox *sb); /* why CANCEL was set, or 0 */
@@ -271,6 +275,10 @@ struct ab_sandbox {
     struct ab_limits limits;  /* the current call's deadline and budget     */
     struct ab_placement placement;
     int inject_create_failure; /* AB_CREATE_FAIL_* or 0 (fault injection) */
+    bool debug_enabled;       /* #BP/#DB pause for a debugger (debug.c)     */
+    bool at_debug_stop;       /* the last event was AB_EV_DEBUG_STOP: the
+                                 vCPU has no exit to complete (vCPU thread
+                                 writes it before publishing)             */
 };
 
 int vm_create(struct ab_sandbox *sb, char *errbuf, size_t errlen);
@@ -340,6 +348,17 @@ int backing_seal_and_view(struct ab_snapshot *s, int fd);
 int layout_check(const struct ab_config *cfg, const struct ab_layout *lay,
                  char *errbuf, size_t errlen);
 void spawn_load_state(struct ab_sandbox *sb, struct ab_event *ev);
+
+/* ---- debug.c: pausing the guest for a debugger ------------------------------
+ * On the vCPU thread. debug_report_interrupt(): the run stopped because
+ * DEBUG_INTERRUPT is set ([T2]/[T5]): fill an AB_EV_DEBUG_STOP event.
+ * debug_trap(): a CPL0 stub reported `vector` with the interrupt frame
+ * `frame`; if debugging is on and it is #DB or #BP, put the vCPU back at
+ * CPL3 exactly where the trap left it and fill AB_EV_DEBUG_STOP; returns
+ * false (a plain fault) otherwise. */
+void debug_report_interrupt(struct ab_sandbox *sb, struct ab_event *ev);
+bool debug_trap(struct ab_sandbox *sb, struct ab_event *ev,
+                const uint64_t frame[7]);
 
 /* ---- sysfast.c: the system requests the C core answers itself -------------
  * Called on the vCPU thread for an AB_PORT_SYS exit whose request is

@@ -126,7 +126,7 @@ static bool has_kick_target(struct ab_interrupt *ih)
     return target;
 }
 
-/* One kick: if the vCPU is running with CANCEL set, set immediate_exit and
+/* One kick: if the vCPU is running with CANCEL or DEBUG_INTERRUPT set, set immediate_exit and
  * signal its thread. Returns whether a signal was sent.
  *
  * Real-time signals queue rather than coalesce, and in a nested VM each
@@ -203,22 +203,24 @@ int ab_interrupt_dropped(ab_interrupt *ih)
     return atomic_load_explicit(&ih->dropped, memory_order_acquire);
 }
 
-int ab_interrupt_kill(ab_interrupt *ih)
+/* The seed's send_signal(): keep signalling while the vCPU runs with CANCEL
+ * or DEBUG_INTERRUPT set, sleeping retry_delay between signals — and,
+ * unlike the seed, only while a kick can reach it. Without a kick target
+ * (the sandbox is dropped, or its VM was never created) every kick is a
+ * no-op, so waiting for RUNNING to clear could only hang the caller.
+ * vm_create() makes "running but no target" impossible; this condition
+ * keeps kill() from spinning should it ever happen. */
+static int signal_until_stopped(struct ab_interrupt *ih, int sent)
 {
-    int sent = ab_interrupt_cancel(ih);
     struct timespec delay = {
         .tv_sec = (time_t)(ih->retry_delay_ns / 1000000000ull),
         .tv_nsec = (long)(ih->retry_delay_ns % 1000000000ull),
     };
-    /* As in the seed: keep signalling while the vCPU runs with CANCEL set —
-     * and, unlike the seed, only while a kick can reach it. Without a kick
-     * target (the sandbox is dropped, or its VM was never created) every
-     * kick is a no-op, so waiting for RUNNING to clear could only hang the
-     * caller. vm_create() makes "running but no target" impossible; this
-     * condition keeps kill() from spinning should it ever happen. */
     for (;;) {
+        /* Acquire: pairs with the Release in set_running(), as in the seed. */
         uint8_t state = atomic_load_explicit(&ih->state, memory_order_acquire);
-        if (!(state & AB_RUNNING_BIT) || !(state & AB_CANCEL_BIT) ||
+        if (!(state & AB_RUNNING_BIT) ||
+            !(state & (AB_CANCEL_BIT | AB_DEBUG_INTERRUPT_BIT)) ||
             !has_kick_target(ih))
             break;
         while (nanosleep(&delay, &delay) != 0 && errno == EINTR)
@@ -228,4 +230,44 @@ int ab_interrupt_kill(ab_interrupt *ih)
         sent |= ab_interrupt_kick(ih);
     }
     return sent;
+}
+
+int ab_interrupt_kill(ab_interrupt *ih)
+{
+    return signal_until_stopped(ih, ab_interrupt_cancel(ih));
+}
+
+/* ---- the debug interrupt (seed: kill_from_debugger) --------------------------
+ * DEBUG_INTERRUPT asks the vCPU to *pause* for a debugger, not to stop the
+ * call. The vCPU thread reports AB_EV_DEBUG_STOP where it would report
+ * AB_EV_CANCELLED for CANCEL ([T2], [T5]); when both bits are set,
+ * cancellation wins. The bit stays set until clear_debug_interrupt(): the
+ * thread never clears it itself, so the pause it asked for is seen by
+ * whoever resumes the guest (the debugger, or the engine without one). */
+
+int ab_interrupt_debug_interrupt(ab_interrupt *ih)
+{
+    /* Release: as in the seed's kill_from_debugger(). */
+    atomic_fetch_or_explicit(&ih->state, AB_DEBUG_INTERRUPT_BIT,
+                             memory_order_release);
+    return ab_interrupt_kick(ih);
+}
+
+int ab_interrupt_kill_from_debugger(ab_interrupt *ih)
+{
+    return signal_until_stopped(ih, ab_interrupt_debug_interrupt(ih));
+}
+
+int ab_interrupt_is_debug_interrupted(ab_interrupt *ih)
+{
+    /* Acquire: pairs with the Release in kill_from_debugger(). */
+    return (atomic_load_explicit(&ih->state, memory_order_acquire) &
+            AB_DEBUG_INTERRUPT_BIT) != 0;
+}
+
+void ab_interrupt_clear_debug_interrupt(ab_interrupt *ih)
+{
+    /* Release: as in the seed. */
+    atomic_fetch_and_explicit(&ih->state, (uint8_t)~AB_DEBUG_INTERRUPT_BIT,
+                              memory_order_release);
 }

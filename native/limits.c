@@ -11,6 +11,8 @@
  *             log records, system requests) and re-armed with what was left
  *             when the call resumes: host time does not count, and neither
  *             does the thread's polling for the next command.
+ * While a debugger holds the guest (a DEBUG_STOP event) both are paused,
+ * the deadline moving later by the time held.
  *
  * The handler (signal.c, on the vCPU thread) calls limits_expired(), which
  * follows the interrupt handle's protocol exactly like a kill() from
@@ -105,6 +107,7 @@ int limits_begin(struct ab_sandbox *sb, const char **what)
     atomic_store_explicit(&l->outcome, 0, memory_order_relaxed);
     atomic_store_explicit(&l->spread_fired, false, memory_order_relaxed);
     l->cpu_used_ns = 0;
+    l->wall_paused = false;
     l->spread_on = placement_call_begin(sb) && sb->config.spread_ns;
     l->active = l->deadline_ns != 0 || l->cpu_ns != 0 || l->spread_on;
     if (!l->active)
@@ -166,10 +169,21 @@ int limits_begin(struct ab_sandbox *sb, const char **what)
     return 0;
 }
 
-void limits_pause(struct ab_sandbox *sb)
+void limits_pause(struct ab_sandbox *sb, bool deadline_too)
 {
     struct ab_limits *l = &sb->limits;
-    if (!l->active || !l->cpu_ns)
+    if (!l->active)
+        return;
+    if (deadline_too && l->deadline_ns && !l->wall_paused) {
+        /* A debugger holds the guest: the deadline stops counting. */
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        uint64_t t = ts_ns(&now);
+        l->wall_left_ns = l->deadline_ns > t ? l->deadline_ns - t : 1;
+        disarm(l->wall);
+        l->wall_paused = true;
+    }
+    if (!l->cpu_ns)
         return;
     struct itimerspec left;
     if (timer_gettime(l->cpu, &left) == 0 && ts_ns(&left.it_value) != 0)
@@ -183,7 +197,18 @@ void limits_pause(struct ab_sandbox *sb)
 int limits_resume(struct ab_sandbox *sb)
 {
     struct ab_limits *l = &sb->limits;
-    if (!l->active || !l->cpu_ns)
+    if (!l->active)
+        return 0;
+    if (l->wall_paused) {
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        l->deadline_ns = ts_ns(&now) + l->wall_left_ns;
+        l->wall_paused = false;
+        int rc = arm(l->wall, TIMER_ABSTIME, l->deadline_ns);
+        if (rc)
+            return rc;
+    }
+    if (!l->cpu_ns)
         return 0;
     l->cpu_since_ns = thread_cpu_ns();
     return arm(l->cpu, 0, l->cpu_left_ns);

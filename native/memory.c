@@ -190,10 +190,11 @@ static void build_tss(uint8_t *mem)
 
 /* CPU exceptions (vectors 0-31) go to tiny CPL0 stubs that normalise the
  * stack to [vector, error code, rip, cs, rflags, rsp, ss] and report to the
- * host with one `out AB_PORT_FAULT` (rax = CR2). CPL0 code is emulated
+ * host with one `out AB_PORT_FAULT`. CPL0 code is emulated
  * instruction by instruction here, so the stubs stay a handful of general
  * register instructions. They are never resumed: a fault poisons the
- * sandbox. */
+ * sandbox (a #BP or #DB in a sandbox with debugging on is a pause instead:
+ * debug.c puts the vCPU back at CPL3 from the frame). */
 static bool pushes_error_code(unsigned vector)
 {
     return vector == 8 || (vector >= 10 && vector <= 14) || vector == 17 ||
@@ -222,8 +223,10 @@ static void build_idt_and_stubs(uint8_t *mem)
                      (0x8eull << 40) | (((handler >> 16) & 0xffff) << 48);
         idt[v * 2 + 1] = handler >> 32;
     }
+    /* `out imm8, al` only reads al: every general register but rsp still
+     * holds the guest's value at the exit (crash dumps and the debugger
+     * show them); the host reads CR2 with KVM_GET_SREGS. */
     static const uint8_t tail[] = {
-        0x0f, 0x20, 0xd0,        /* mov rax, cr2        */
         0xe6, AB_PORT_FAULT,     /* out AB_PORT_FAULT, al */
         0xf4,                    /* hlt                 */
         0xeb, 0xfd,              /* jmp hlt             */

@@ -8,9 +8,11 @@
  *                 cmd = CALL, FUTEX_WAKE ─▶ wait_command() returns CALL
  *                                           loop:
  *                                             [T2] set RUNNING; CANCEL? → CANCELLED
+ *                                                  DEBUG_INTERRUPT? → DEBUG_STOP
  *                                             [T3] KVM_RUN ... guest runs
  *                                             [T4] clear RUNNING
  *                                             EINTR: [T5] CANCEL? → CANCELLED
+ *                                                    DEBUG_INTERRUPT? → DEBUG_STOP
  *                                                    else stale kick → re-enter
  *                                             fast system request: [T7]
  *                                                    reply → re-enter (T2)
@@ -120,15 +122,17 @@ static void event_vm_error(struct ab_event *ev, uint32_t reason, int err,
     va_end(ap);
 }
 
-/* A CPL0 stub reported an exception: rax = CR2, rsp -> [vector, error
- * code, rip, cs, rflags, rsp, ss]. The stub only ever runs with the
+/* A CPL0 stub reported an exception: rsp -> [vector, error code, rip, cs,
+ * rflags, rsp, ss], CR2 in sregs. The stub only ever runs with the
  * host-built stack, but validate anyway before reading guest memory. */
 static void decode_fault(struct ab_sandbox *sb, struct ab_event *ev)
 {
     struct kvm_regs r;
-    if (ioctl(sb->vcpu_fd, KVM_GET_REGS, &r) < 0) {
-        event_vm_error(ev, KVM_EXIT_IO, errno, 0, "KVM_GET_REGS failed: %s",
-                       strerror(errno));
+    struct kvm_sregs sr;
+    if (ioctl(sb->vcpu_fd, KVM_GET_REGS, &r) < 0 ||
+        ioctl(sb->vcpu_fd, KVM_GET_SREGS, &sr) < 0) {
+        event_vm_error(ev, KVM_EXIT_IO, errno, 0, "reading the registers "
+                       "failed: %s", strerror(errno));
         return;
     }
     if (r.rsp < AB_KSTACK_ADDR || r.rsp > KSTACK_TOP - 7 * 8 || (r.rsp & 7)) {
@@ -138,11 +142,13 @@ static void decode_fault(struct ab_sandbox *sb, struct ab_event *ev)
     }
     uint64_t frame[7];
     memcpy(frame, sb->mem + r.rsp, sizeof frame);
+    if (sb->debug_enabled && debug_trap(sb, ev, frame))
+        return; /* #BP/#DB under a debugger: a pause, not a fault */
     ev->kind = AB_EV_FAULT;
     ev->vector = frame[0];
     ev->error_code = frame[1];
     ev->rip = frame[2];
-    ev->address = r.rax;
+    ev->address = sr.cr2;
 }
 
 static void decode_shutdown(struct ab_sandbox *sb, struct ab_event *ev)
@@ -244,9 +250,13 @@ static void run_until_event(struct ab_sandbox *sb)
     for (;;) {
         /* [T2] RUNNING before checking CANCEL: a kill() that lands after
          * this sees RUNNING and kicks; one that landed before is seen here. */
-        if (interrupt_set_running(ih) & AB_CANCEL_BIT) {
+        uint8_t old = interrupt_set_running(ih);
+        if (old & (AB_CANCEL_BIT | AB_DEBUG_INTERRUPT_BIT)) {
             interrupt_clear_running(ih);
-            break;
+            if (old & AB_CANCEL_BIT)
+                break; /* cancellation wins over a debug interrupt */
+            debug_report_interrupt(sb, ev);
+            return;
         }
         AB_COUNT(sb, runs);
         /* [T3] */
@@ -286,6 +296,10 @@ static void run_until_event(struct ab_sandbox *sb)
                               memory_order_seq_cst);
         if (interrupt_is_cancelled(ih))
             break;
+        if (ab_interrupt_is_debug_interrupted(ih)) {
+            debug_report_interrupt(sb, ev); /* a pause, not a cancellation */
+            return;
+        }
         /* Re-enter the guest: the placement's spread timer (counted by
          * its handler), or a stale kick. */
         if (!atomic_exchange_explicit(&sb->limits.spread_fired, false,
@@ -308,7 +322,8 @@ static void run_until_event(struct ab_sandbox *sb)
  * resumes) or this is its last one. */
 static bool call_goes_on(uint32_t kind)
 {
-    return kind == AB_EV_HOSTCALL || kind == AB_EV_LOG || kind == AB_EV_SYS;
+    return kind == AB_EV_HOSTCALL || kind == AB_EV_LOG || kind == AB_EV_SYS ||
+           kind == AB_EV_DEBUG_STOP;
 }
 
 /* After an event of a call, before it is published: pause the CPU budget
@@ -317,7 +332,7 @@ static void settle_limits(struct ab_sandbox *sb)
 {
     struct ab_event *ev = &sb->event;
     if (call_goes_on(ev->kind)) {
-        limits_pause(sb);
+        limits_pause(sb, ev->kind == AB_EV_DEBUG_STOP);
         return;
     }
     limits_end(sb);
@@ -366,6 +381,7 @@ void *vcpu_thread_main(void *arg)
          * timers must not fire into it. */
         if (cmd != AB_CMD_RESUME)
             limits_end(sb);
+        sb->at_debug_stop = false; /* any command moves the vCPU on */
         if (cmd == AB_CMD_STOP)
             break;
         if (cmd == AB_CMD_TEARDOWN) {
@@ -411,6 +427,7 @@ void *vcpu_thread_main(void *arg)
             continue;
         }
         run_until_event(sb);
+        sb->at_debug_stop = sb->event.kind == AB_EV_DEBUG_STOP;
         settle_limits(sb);
         publish(sb);
     }

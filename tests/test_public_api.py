@@ -21,9 +21,15 @@ def test_public_names() -> None:
         "SandboxConfig",
         "SandboxError", "SandboxPoisoned", "Snapshot", "StackOverflow", "VmError", "build_guest", "process_stats",
         "JS_GUEST", "LUA_GUEST", "JsSandbox", "LuaSandbox", "ScriptError", "script_host_functions",
+        "GdbServer", "serve_gdb",
     }
     for name in aionub.__all__:
         assert hasattr(aionub, name), name
+
+
+def test_interrupt_handle_has_the_seeds_methods() -> None:
+    for name in ("kill", "dropped", "kill_from_debugger", "is_debug_interrupted", "clear_debug_interrupt"):
+        assert callable(getattr(aionub.InterruptHandle, name)), name
 
 
 def test_exception_hierarchy() -> None:

@@ -29,6 +29,7 @@ from ._exceptions import (
     StackOverflow as StackOverflow,
     VmError as VmError,
 )
+from ._gdb import GdbServer as GdbServer, serve_gdb as serve_gdb
 from ._interrupt import InterruptHandle as InterruptHandle
 from ._native import process_stats as process_stats
 from ._paths import DEMO_GUEST as DEMO_GUEST, JS_GUEST as JS_GUEST, LUA_GUEST as LUA_GUEST
@@ -55,6 +56,7 @@ __all__ = (
     "GuestAborted",
     "GuestFault",
     "GuestFunction",
+    "GdbServer",
     "GuestFunctionNotFound",
     "GuestProtocolError",
     "HostFunctionError",
@@ -81,4 +83,5 @@ __all__ = (
     "build_guest",
     "process_stats",
     "script_host_functions",
+    "serve_gdb",
 )

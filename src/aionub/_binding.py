@@ -29,6 +29,7 @@ stopped. The event loop never sleeps or blocks on a kill.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import threading
 from collections.abc import Awaitable, Callable
@@ -94,7 +95,7 @@ class _Commands:
 
 
 class AsyncioBinding(_Commands):
-    __slots__ = ("loop", "fut", "lock", "_rekick")
+    __slots__ = ("loop", "fut", "lock", "_rekick", "_timeout")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, native: NativeSandbox) -> None:
         self.loop = loop
@@ -105,6 +106,7 @@ class AsyncioBinding(_Commands):
         self.thread = threading.get_ident()
         self.lock = asyncio.Lock()
         self._rekick: asyncio.TimerHandle | None = None
+        self._timeout: asyncio.Timeout | None = None  # the running with_timeout()
         loop.add_reader(self.fd, self._readable)
 
     def _readable(self) -> None:
@@ -171,10 +173,14 @@ class AsyncioBinding(_Commands):
         if task is not None and task.cancelling():
             await asyncio.sleep(0)
 
-    @staticmethod
-    async def with_timeout(func: Callable[[], Awaitable[T]], seconds: float) -> tuple[T | None, bool]:
-        """``(result, False)``, or ``(None, True)`` if ``seconds`` ran out."""
-        return await AsyncioBinding._within(func, asyncio.timeout(seconds))
+    async def with_timeout(self, func: Callable[[], Awaitable[T]], seconds: float) -> tuple[T | None, bool]:
+        """``(result, False)``, or ``(None, True)`` if ``seconds`` ran out.
+        ``pause_deadline()`` stops its clock."""
+        cm = self._timeout = asyncio.timeout(seconds)
+        try:
+            return await AsyncioBinding._within(func, cm)
+        finally:
+            self._timeout = None
 
     @staticmethod
     async def with_deadline(func: Callable[[], Awaitable[T]], deadline: float) -> tuple[T | None, bool]:
@@ -190,6 +196,21 @@ class AsyncioBinding(_Commands):
             if cm.expired():
                 return None, True
             raise
+
+    def pause_deadline(self) -> float | None:
+        """Stop the clock of the running ``with_timeout()`` (while a
+        debugger holds the guest); the seconds that were left, or None."""
+        cm = self._timeout
+        when = cm.when() if cm is not None else None
+        if cm is None or when is None:
+            return None
+        cm.reschedule(None)
+        return max(0.0, when - self.loop.time())
+
+    def resume_deadline(self, left: float | None) -> None:
+        """Restart the clock ``pause_deadline()`` stopped."""
+        if left is not None and self._timeout is not None:
+            self._timeout.reschedule(self.loop.time() + left)
 
     def close(self) -> None:
         """Unregister and close the eventfd, from whatever thread we are on.
@@ -211,7 +232,7 @@ class AsyncioBinding(_Commands):
 class AnyioBinding(_Commands):
     """For event loops other than asyncio's (trio), through anyio."""
 
-    __slots__ = ("lock",)
+    __slots__ = ("lock", "_scope")
 
     loop = None
 
@@ -221,6 +242,7 @@ class AnyioBinding(_Commands):
         self.kind = 0
         self.thread = threading.get_ident()
         self.lock = anyio.Lock()
+        self._scope: anyio.CancelScope | None = None
 
     async def wait(self) -> int:
         while not self._ack():
@@ -249,9 +271,16 @@ class AnyioBinding(_Commands):
     async def checkpoint_if_cancelled() -> None:
         await anyio.lowlevel.checkpoint_if_cancelled()
 
-    @staticmethod
-    async def with_timeout(func: Callable[[], Awaitable[T]], seconds: float) -> tuple[T | None, bool]:
-        return await AnyioBinding.with_deadline(func, anyio.current_time() + seconds)
+    async def with_timeout(self, func: Callable[[], Awaitable[T]], seconds: float) -> tuple[T | None, bool]:
+        try:
+            with anyio.move_on_after(seconds) as scope:
+                self._scope = scope
+                return await func(), False
+        finally:
+            self._scope = None
+        if scope.cancelled_caught:
+            return None, True
+        raise AssertionError("unreachable: the awaitable neither returned nor timed out")
 
     @staticmethod
     async def with_deadline(func: Callable[[], Awaitable[T]], deadline: float) -> tuple[T | None, bool]:
@@ -260,6 +289,18 @@ class AnyioBinding(_Commands):
         if scope.cancelled_caught:
             return None, True
         raise AssertionError("unreachable: the awaitable neither returned nor timed out")
+
+    def pause_deadline(self) -> float | None:
+        scope = self._scope
+        if scope is None or scope.deadline == math.inf:
+            return None
+        left = max(0.0, scope.deadline - anyio.current_time())
+        scope.deadline = math.inf
+        return left
+
+    def resume_deadline(self, left: float | None) -> None:
+        if left is not None and self._scope is not None:
+            self._scope.deadline = anyio.current_time() + left
 
     def close(self) -> None:
         """Close the eventfd (no task waits on it: no command is in flight).

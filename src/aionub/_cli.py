@@ -202,6 +202,27 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument("args", metavar="ARG", nargs="*", default=[], help="argument as a JSON value (see below)")
     _add_limits(call, "guest")
 
+    debug = sub.add_parser(
+        "debug",
+        help="call one guest function under gdb",
+        description="Start GUEST in a sandbox with debugging on, stop it at FUNCTION's entry and wait for gdb "
+        "(`gdb GUEST -ex 'target remote ADDRESS'`); when the call ends, print its result or error as "
+        "`aionub call` does.",
+        epilog=_VALUES_HELP + "\n\nThe timeout counts only while the guest runs, not while gdb holds it.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    debug.add_argument("guest", metavar="GUEST", help="path of a guest ELF, or 'demo' for the bundled demo guest")
+    debug.add_argument("function", metavar="FUNCTION", help="name of the guest function")
+    debug.add_argument("args", metavar="ARG", nargs="*", default=[], help="argument as a JSON value (see below)")
+    debug.add_argument(
+        "--listen", default="127.0.0.1:1234", metavar="ADDRESS",
+        help="HOST:PORT or unix:PATH to wait for gdb on (default 127.0.0.1:1234; port 0 picks one)",
+    )
+    debug.add_argument(
+        "--timeout", type=_timeout, default=DEFAULT_TIMEOUT, metavar="S",
+        help=f"stop the guest after S seconds of running (default {DEFAULT_TIMEOUT:g}; 0: no limit)",
+    )
+
     run = sub.add_parser(
         "run",
         help="run a guest's main() like a program",
@@ -367,6 +388,51 @@ def _call(args: argparse.Namespace) -> int:
     return 0
 
 
+def _debug(args: argparse.Namespace) -> int:
+    from ._exceptions import GuestFunctionNotFound, SandboxError
+    from ._gdb import serve_gdb
+    from ._sandbox import Sandbox, read_guest
+
+    try:
+        values = [parse_value(text) for text in args.args]
+        image, _ = read_guest(_guest_path(args.guest))
+    except (ValueError, OSError) as exc:
+        _error("debug", exc)
+        return _USAGE
+
+    async def debug() -> Any:
+        async with Sandbox.create(image, name=str(args.guest), debug=True) as sb:
+            if args.function not in sb.functions:
+                raise GuestFunctionNotFound(f"guest {args.guest} exports no function named {args.function!r}")
+            async with serve_gdb(sb, args.listen) as server:
+                target = server.target
+                target.attach()  # before the client: the entry stop waits for it
+                target.insert_breakpoint(target.function_address(image, args.function), internal=True)
+                guest = args.guest if args.guest != "demo" else str(_guest_path("demo"))
+                print(f"aionub debug: {args.function}() is stopped at its entry; waiting for gdb on "
+                      f"{server.address}:\n    gdb {guest} -ex 'target remote {server.address}'",
+                      file=sys.stderr, flush=True)
+                status = 1
+                try:
+                    result = await sb.call(args.function, *values, timeout=args.timeout)
+                    status = 0
+                    return result
+                finally:
+                    await server.call_ended(status)
+
+    try:
+        with _guest_log_on_stderr():
+            result = asyncio.run(debug())
+    except (GuestFunctionNotFound, TypeError, ValueError, OverflowError) as exc:
+        _error("debug", exc)
+        return _USAGE
+    except (SandboxError, OSError) as exc:
+        _error("debug", exc)
+        return _FAILED
+    print(to_json(result))
+    return 0
+
+
 def _stdin_bytes() -> bytes:
     """Our stdin for the guest: all of it, or nothing from a terminal (the
     guest cannot ask for more while it runs)."""
@@ -411,7 +477,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from ._exceptions import KvmUnavailable
 
-    commands = {"demo": _demo, "build": _build, "inspect": _inspect, "call": _call, "run": _run,
+    commands = {"demo": _demo, "build": _build, "inspect": _inspect, "call": _call, "debug": _debug, "run": _run,
                 "js": _script, "lua": _script}
     try:
         return commands[args.command](args)

@@ -66,6 +66,18 @@ class SandboxConfig:
     placement: str = "scheduler"
     #: With placement="follow_loop": unpin a call that runs this long.
     spread_after: float = 0.001
+    #: Debugging (docs/debugging.md): False (default: int3 and single-step
+    #: traps are guest faults), True (they pause the guest for a debugger:
+    #: serve one with ``aionub.serve_gdb``), or an address to serve gdb's
+    #: remote protocol on while the sandbox lives (asyncio only):
+    #: ``"127.0.0.1:1234"`` (a host other than loopback must be explicit,
+    #: port 0 picks a free one) or ``"unix:/path"``.
+    debug: bool | str = False
+    #: Directory for crash dumps: an ELF core file of the guest is written
+    #: there when a call ends in a fault, an abort, a kill or a timeout,
+    #: and the exception names it (docs/debugging.md). None: the
+    #: environment variable AIONUB_CORE_DIR if set, else no dumps.
+    core_dir: str | None = None
 
     @classmethod
     def from_kwargs(cls, options: dict[str, Any]) -> SandboxConfig:
@@ -105,6 +117,14 @@ class SandboxConfig:
             raise ValueError(
                 f"placement must be one of {', '.join(map(repr, _PLACEMENTS))}, got {self.placement!r}"
             )
+        if not isinstance(self.debug, bool | str):
+            raise TypeError(f"debug must be a bool or a listen address (str), not {type(self.debug).__name__}")
+        if isinstance(self.debug, str):
+            from ._gdbaddr import parse_listen
+
+            parse_listen(self.debug)  # raises ValueError naming what is wrong
+        if self.core_dir is not None and not isinstance(self.core_dir, str):
+            raise TypeError(f"core_dir must be a str (a directory) or None, not {type(self.core_dir).__name__}")
         offset = self.sig_rt_min_offset
         if not isinstance(offset, int) or isinstance(offset, bool):
             raise TypeError(f"sig_rt_min_offset must be an int, not {type(offset).__name__}")

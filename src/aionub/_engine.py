@@ -20,6 +20,8 @@ import anyio
 from . import _abi, _native
 from ._binding import Binding, Deferred, deliver, new_binding, running_loop, sleep_through
 from ._config import SandboxConfig
+from ._coredump import write_core
+from ._debug import DebugTarget, resume_without_debugger
 from ._errors import event_error
 from ._exceptions import (
     GuestProtocolError,
@@ -33,6 +35,7 @@ from ._limits import CallLimits
 from ._native import (
     CMD_RESUME,
     EV_CPU_TIMEOUT,
+    EV_DEBUG_STOP,
     EV_HOSTCALL,
     EV_LOG,
     EV_READY,
@@ -74,7 +77,7 @@ class Engine:
     __slots__ = (
         "native", "ih", "config", "lifecycle", "binding", "services", "functions", "has_main",
         "input_used", "limits", "label", "generation", "at_snapshot", "boot_snapshot",
-        "image_sha256", "counted", "ready",
+        "image_sha256", "counted", "ready", "debugger", "last_core",
     )
 
     def __init__(
@@ -115,6 +118,10 @@ class Engine:
         # The telemetry that counts this sandbox among those alive (its
         # close must be counted by the same instrument).
         self.counted: Telemetry | None = None
+        # The debug target while a gdb client is attached (_debug.py).
+        self.debugger: DebugTarget | None = None
+        # The crash dump the last call that failed wrote, if any.
+        self.last_core: str | None = None
 
     def counted_by(self, tel: Telemetry) -> None:
         self.counted = tel
@@ -325,14 +332,18 @@ class Engine:
                 elif kind == EV_SYS:
                     await self._host_work(binding, services.sys.serve, native.output, native.event.length, what)
                     await self._check_deadline(binding, what)
-                elif kind == EV_TIMEOUT and self.limits is not None and self.limits.timeout is not None:
-                    self.poison(self.limits.poison_reason(what))
-                    raise self.limits.timeout_error(what)
-                elif kind == EV_CPU_TIMEOUT and self.limits is not None and self.limits.cpu_timeout is not None:
-                    self.poison(self.limits.poison_reason(what, cpu=True))
-                    raise self.limits.cpu_error(what, int(native.event.detail))
+                elif kind == EV_DEBUG_STOP:
+                    await self._debug_stop(binding)
+                elif kind == EV_TIMEOUT or kind == EV_CPU_TIMEOUT:
+                    error = self._limit_error(kind, what)
+                    self._dump_core(error)
+                    raise error
                 else:
-                    raise self._event_error(kind)
+                    error = self._event_error(kind)
+                    if self.debugger is not None:
+                        await self.debugger.crashed(error)  # gdb sees the signal first
+                    self._dump_core(error)
+                    raise error
                 if self.lifecycle.is_closed:
                     raise SandboxClosed(f"{self.lifecycle.label} was closed during {what}")
                 binding.submit(lib.ab_sandbox_submit, CMD_RESUME)
@@ -345,6 +356,7 @@ class Engine:
                 # cancellation, a timeout or an interrupt).
                 if kind == EV_RESULT:
                     raise  # the guest finished before the kill landed: its state is intact
+                self._dump_core(exc)
             self.poison(f"{what} did not run to completion ({type(exc).__name__}: {exc})")
             raise
 
@@ -365,6 +377,45 @@ class Engine:
             self.poison(limits.poison_reason(what))
             raise limits.timeout_error(what)
 
+    async def _debug_stop(self, binding: Binding) -> None:
+        """The guest paused for a debugger (AB_EV_DEBUG_STOP). With a gdb
+        client attached, hold it until the client resumes it, with the
+        call's deadline stopped meanwhile; without one, resume at once
+        (docs/debugging.md). Either way the guest is resumed by drive()."""
+        native = self.native
+        assert native is not None
+        debugger = self.debugger
+        if debugger is None:
+            resume_without_debugger(native, self.ih)
+            return
+        left = binding.pause_deadline()
+        paused_at = now()
+        try:
+            await debugger.paused()
+        finally:
+            # The kernel's deadline was paused by the vCPU thread with the
+            # stop (limits.c) and resumes with the guest.
+            limits = self.limits
+            if limits is not None and limits.loop_deadline is not None:
+                limits.loop_deadline += now() - paused_at
+            binding.resume_deadline(left)
+
+    def _dump_core(self, exc: BaseException) -> None:
+        """Write a crash dump if configured (core_dir or AIONUB_CORE_DIR)
+        and name it in the exception. Only while the vCPU is stopped."""
+        self.last_core = None
+        directory = self.config.core_dir or os.environ.get("AIONUB_CORE_DIR") or None
+        native = self.native
+        if directory is None or native is None:
+            return
+        try:
+            path = write_core(native, directory, self.label, signal_for(exc))
+        except (OSError, SandboxError) as err:
+            log.warning("sandbox %s: cannot write a crash dump to %s: %s", self.lifecycle.label, directory, err)
+            return
+        self.last_core = path
+        note_core(exc, path)
+
     async def _check_deadline(self, binding: Binding, what: str) -> None:
         """[H1] A deadline that passed, or a cancellation that arrived, while
         the host worked for the guest (a sync host function blocking the
@@ -374,6 +425,19 @@ class Engine:
         if limits is not None and limits.loop_deadline is not None and now() >= limits.loop_deadline:
             raise limits.timeout_error(what)
         await binding.checkpoint_if_cancelled()
+
+    def _limit_error(self, kind: int, what: str) -> SandboxError:
+        """The exception for a call the kernel stopped at one of its limits
+        (TIMEOUT, CPU_TIMEOUT), which poisons the sandbox."""
+        limits = self.limits
+        if kind == EV_TIMEOUT and limits is not None and limits.timeout is not None:
+            self.poison(limits.poison_reason(what))
+            return limits.timeout_error(what)
+        native = self.native
+        if kind == EV_CPU_TIMEOUT and limits is not None and limits.cpu_timeout is not None and native is not None:
+            self.poison(limits.poison_reason(what, cpu=True))
+            return limits.cpu_error(what, int(native.event.detail))
+        return self._event_error(kind)  # a limit the call did not have: unexpected
 
     def _event_error(self, kind: int) -> SandboxError:
         native = self.native
@@ -477,6 +541,8 @@ class Engine:
         while lifecycle.command is not None:
             lib.ab_interrupt_cancel(self.ih)
             self.services.cancel_host_call()
+            if self.debugger is not None:
+                self.debugger.detach()  # a call held at a gdb stop runs on (and sees the close)
             deferred = await sleep_through(delay) or deferred
         deferred = await self._teardown() or deferred
         log.debug("closed sandbox %s", lifecycle.label)
@@ -541,6 +607,27 @@ class Engine:
             if self.lifecycle.state is not State.CLOSING:
                 self.lifecycle.start_closing()
             self._closed()
+
+
+def signal_for(exc: BaseException) -> int:
+    """The POSIX signal a crash dump records for how a call ended."""
+    from ._exceptions import GuestAborted, GuestFault
+
+    if isinstance(exc, GuestFault):
+        # #DE, #MF, #XM: SIGFPE; #UD: SIGILL; #DB, #BP: SIGTRAP; else SIGSEGV.
+        return {0: 8, 6: 4, 16: 8, 19: 8, 1: 5, 3: 5}.get(exc.vector if exc.vector is not None else -1, 11)
+    if isinstance(exc, GuestAborted):
+        return 6  # SIGABRT
+    return 9  # SIGKILL: stopped by a kill, a timeout or a cancellation
+
+
+def note_core(exc: BaseException, path: str) -> None:
+    """Name the crash dump in the exception (attribute and note)."""
+    try:
+        exc.core_file = path  # type: ignore[attr-defined]
+    except AttributeError:
+        pass
+    exc.add_note(f"crash dump: {path}")
 
 
 def now() -> float:

@@ -31,6 +31,10 @@ EV_SYS = lib.AB_EV_SYS
 EV_TIMEOUT = lib.AB_EV_TIMEOUT
 EV_CPU_TIMEOUT = lib.AB_EV_CPU_TIMEOUT
 EV_SPAWNED = lib.AB_EV_SPAWNED
+EV_DEBUG_STOP = lib.AB_EV_DEBUG_STOP
+STOP_INTERRUPT = lib.AB_STOP_INTERRUPT
+STOP_BREAKPOINT = lib.AB_STOP_BREAKPOINT
+STOP_STEP = lib.AB_STOP_STEP
 CMD_CALL = lib.AB_CMD_CALL
 CMD_RESUME = lib.AB_CMD_RESUME
 EXIT_SHUTDOWN = lib.AB_EXIT_SHUTDOWN
@@ -141,6 +145,13 @@ class NativeSandbox:
         rc = lib.ab_sandbox_start(self.ptr, notify_fd)
         if rc < 0:
             raise OSError(-rc, f"cannot start the vCPU: {os.strerror(-rc)}")
+
+    def enable_debug(self) -> None:
+        """Before start(): int3 and single-step traps pause the guest for a
+        debugger instead of faulting (native/debug.c)."""
+        rc = lib.ab_sandbox_enable_debug(self.ptr)
+        if rc < 0:
+            raise OSError(-rc, f"cannot enable debugging: {os.strerror(-rc)}")
 
     def interrupt(self) -> Any:
         """A new reference to the interrupt handle, released by the GC."""

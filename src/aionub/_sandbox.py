@@ -22,7 +22,8 @@ from typing import Any, Protocol, TypeVar
 
 from . import _telemetry
 from ._config import SandboxConfig
-from ._engine import Engine, fork_generation, now
+from ._debugserver import start_debug_server, stop_debug_server
+from ._engine import Engine, fork_generation, note_core, now
 from ._exceptions import CallTimeout, GuestFunctionNotFound, InvalidGuest
 from ._hostcalls import HostFunction, check_host_functions
 from ._interrupt import InterruptHandle
@@ -151,7 +152,7 @@ class Sandbox:
     ``docs/cancellation.md`` draws the transitions.
     """
 
-    __slots__ = ("id", "_engine", "_label", "_ih", "_prefixes", "__weakref__")
+    __slots__ = ("id", "_engine", "_label", "_ih", "_prefixes", "_gdb", "__weakref__")
 
     def __init__(
         self,
@@ -166,6 +167,7 @@ class Sandbox:
         self._engine = Engine(native, config, host_functions, label, self.id, files)
         self._ih = self._engine.ih
         self._prefixes: dict[str, bytes] = {}
+        self._gdb: Any = None  # the (server, task) of debug="ADDRESS"
 
     # ---- creation ---------------------------------------------------------
 
@@ -198,9 +200,13 @@ class Sandbox:
 
         async def boot() -> Sandbox:
             native = NativeSandbox(options.to_native(), image)
+            if options.debug:
+                native.enable_debug()
             sandbox = cls(native, options, functions, label, provider)
             try:
                 await sandbox._engine.boot()
+                if isinstance(options.debug, str):
+                    sandbox._gdb = await start_debug_server(sandbox, options.debug)
             except BaseException:
                 sandbox._engine.release_now()
                 raise
@@ -280,6 +286,12 @@ class Sandbox:
     def _native(self) -> NativeSandbox | None:
         """The native sandbox (tests and tools read guest memory through it)."""
         return self._engine.native
+
+    @property
+    def debug_address(self) -> str | None:
+        """Where the gdb server of ``debug="ADDRESS"`` listens (the port
+        chosen for port 0), or None."""
+        return self._gdb[0].address if self._gdb is not None else None
 
     def interrupt_handle(self) -> InterruptHandle:
         """A handle that any thread can use to stop the running call."""
@@ -424,9 +436,12 @@ class Sandbox:
         raises from the engine): the same error."""
         lifecycle = self._engine.lifecycle
         what = f"{name}()" if call else name
+        error = limits.timeout_error(what)
         if lifecycle.poison is not None:  # not if the guest finished as the deadline hit
             lifecycle.poison = limits.poison_reason(what)
-        return limits.timeout_error(what)
+            if self._engine.last_core is not None:
+                note_core(error, self._engine.last_core)
+        return error
 
     async def snapshot(self) -> Snapshot:
         """Capture guest memory and all vCPU state. Refused (SandboxPoisoned)
@@ -474,6 +489,9 @@ class Sandbox:
         every resource is released. Idempotent. Runs to the end even if the
         calling task is cancelled meanwhile; the cancellation is raised
         afterwards."""
+        gdb, self._gdb = self._gdb, None
+        if gdb is not None:
+            await stop_debug_server(gdb)
         await self._engine.aclose()
 
     async def __aenter__(self) -> Sandbox:

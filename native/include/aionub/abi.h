@@ -52,9 +52,10 @@
 #define AB_PORT_LAST      AB_PORT_SYS
 #define AB_IOMAP_FIRST    0xE0
 #define AB_IOMAP_LAST     0xE8
-/* Written by the CPL0 exception stubs only (closed to CPL3). At the exit,
- * rax = CR2 and rsp points at: vector, error code, then the CPU's
- * interrupt frame (rip, cs, rflags, rsp, ss). */
+/* Written by the CPL0 exception stubs only (closed to CPL3). At the exit
+ * rsp points at: vector, error code, then the CPU's interrupt frame (rip,
+ * cs, rflags, rsp, ss); the other general registers are the guest's, and
+ * CR2 is the faulting address of a #PF. */
 #define AB_PORT_FAULT     0xEF
 
 /* ---- value tags (wire format and signatures) --------------------------- */

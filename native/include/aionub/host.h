@@ -41,6 +41,16 @@ typedef struct ab_interrupt ab_interrupt;
 #define AB_EV_SYS 13         /* guest made a system request (AB_PORT_SYS) that
                                 the C core does not serve itself: Python
                                 writes the reply and resumes                  */
+/* 14 and 15 are the deadline outcomes (kernel timer, CPU-time limit).      */
+#define AB_EV_DEBUG_STOP 16  /* the guest paused for a debugger: `vector` is
+                                the AB_STOP_* reason, `rip` the guest's
+                                instruction pointer. Resume with RESUME;
+                                the call is not over and not poisoned     */
+
+/* Reasons of an AB_EV_DEBUG_STOP (event.vector). */
+#define AB_STOP_INTERRUPT 1  /* DEBUG_INTERRUPT was set (kill_from_debugger) */
+#define AB_STOP_BREAKPOINT 2 /* int3 (#BP); rip is the byte after the int3   */
+#define AB_STOP_STEP 3       /* #DB: a single step (RFLAGS.TF) completed     */
 
 /* A copy of a KVM exit reason that Python maps to an exception. */
 #define AB_EXIT_SHUTDOWN 8
@@ -363,6 +373,16 @@ int ab_interrupt_cancel(ab_interrupt *ih);
 int ab_interrupt_kick(ab_interrupt *ih);
 int ab_interrupt_running(ab_interrupt *ih);
 int ab_interrupt_dropped(ab_interrupt *ih);
+/* The seed's debug interrupt. kill_from_debugger(): set DEBUG_INTERRUPT,
+ * then signal until the vCPU is not running (blocks, like kill()). The
+ * vCPU thread then reports AB_EV_DEBUG_STOP instead of CANCELLED (CANCEL
+ * wins when both are set). The bit stays set until
+ * clear_debug_interrupt(). debug_interrupt() is the non-blocking piece
+ * for event loops: set the bit and kick once (re-kick with kick()). */
+int ab_interrupt_kill_from_debugger(ab_interrupt *ih);
+int ab_interrupt_debug_interrupt(ab_interrupt *ih);
+int ab_interrupt_is_debug_interrupted(ab_interrupt *ih);
+void ab_interrupt_clear_debug_interrupt(ab_interrupt *ih);
 /* Fault injection for tests: the next `n` kicks do nothing at all (neither
  * immediate_exit nor a signal), as if the signal had been lost, so only
  * the retries can stop the vCPU. */
@@ -376,6 +396,28 @@ void ab_interrupt_lose_kicks(ab_interrupt *ih, uint32_t n);
 #define AB_CREATE_FAIL_END 3       /* every step succeeds, then vm_create
                                       fails before the vCPU is usable (EIO)   */
 int ab_sandbox_inject_create_failure(ab_sandbox *sb, int step);
+
+/* ---- debugging (native/debug.c) ---------------------------------------------
+ * ab_sandbox_enable_debug(): before ab_sandbox_start(); from then on #BP
+ * (int3) and #DB (single step) in the guest pause it with AB_EV_DEBUG_STOP
+ * instead of ending the call with a fault. Without it they stay faults.
+ * The rest work only while no command is in flight (-EBUSY), on the
+ * calling thread:
+ * - guest_regs(): the guest's CPL3 registers. After a fault (the vCPU
+ *   stopped in a CPL0 stub) rip, rsp and rflags come from the exception
+ *   frame and cs/ss from it; `in_stub` says so.
+ * - set_guest_regs(): only at a debug stop (-EPERM otherwise: another
+ *   exit's completion is pending).
+ * - guest_fxsave(): the 512-byte legacy XSAVE region (x87, MXCSR, XMM).
+ * - debug_write(): write guest physical memory and mark the pages written
+ *   for snapshots (-EFAULT outside guest memory). */
+int ab_sandbox_enable_debug(ab_sandbox *sb);
+int ab_sandbox_guest_regs(ab_sandbox *sb, struct ab_kvm_regs *regs,
+                          struct ab_kvm_sregs *sregs, int *in_stub);
+int ab_sandbox_set_guest_regs(ab_sandbox *sb, const struct ab_kvm_regs *regs);
+int ab_sandbox_guest_fxsave(ab_sandbox *sb, uint8_t out[512]);
+int ab_sandbox_debug_write(ab_sandbox *sb, uint64_t gpa, const uint8_t *data,
+                           size_t len);
 /* CDEF END */
 
 #endif
