@@ -24,7 +24,10 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["bench_call", "bench_throughput", "bench_create", "bench_timeout", "bench_fib", "bench_floatstr", "bench_scripts", "bench_idle"]
+SCRIPTS = [
+    "bench_call", "bench_throughput", "bench_create", "bench_timeout", "bench_cpu_timeout", "bench_placement",
+    "bench_fib", "bench_floatstr", "bench_scripts", "bench_idle", "bench_debug",
+]
 TARGET_LINE = re.compile(r"^(?P<name>.+): (?P<measured>.+) \((?P<goal>[^()]+)\)$")
 
 
