@@ -189,7 +189,7 @@ def main() -> int:
             add(f"to_thread_{loop}", run_on(loop, lambda: to_thread_roundtrip(opts.calls)))
         for loop in loops:
             add(f"noop_{loop}_spin", run_on(loop, lambda: aionub_noop(opts.calls, spin_time=SPIN)))
-            add(f"noop_{loop}_follow", run_on(loop, lambda: aionub_noop(opts.calls, placement="follow_loop")))
+            add(f"noop_{loop}_follow", run_on(loop, lambda: aionub_noop(opts.calls, placement="colocate")))
             add(f"noop_{loop}_timeout", run_on(loop, lambda: aionub_noop(opts.calls, timeout=1.0)))
         if wasmtime is not None:
             add("wasmtime", wasmtime_noop(wasmtime, opts.calls))
@@ -218,8 +218,8 @@ def main() -> int:
         "to_thread_asyncio": "to_thread(raw round trip), asyncio",
         "noop_uvloop_spin": f"aionub noop, uvloop, spin_time={SPIN * 1e6:.0f} µs",
         "noop_asyncio_spin": f"aionub noop, asyncio, spin_time={SPIN * 1e6:.0f} µs",
-        "noop_uvloop_follow": "aionub noop, uvloop, placement=follow_loop",
-        "noop_asyncio_follow": "aionub noop, asyncio, placement=follow_loop",
+        "noop_uvloop_follow": "aionub noop, uvloop, placement=colocate",
+        "noop_asyncio_follow": "aionub noop, asyncio, placement=colocate",
         "noop_uvloop_timeout": "aionub noop, uvloop, timeout=1 (kernel timer per call)",
         "noop_asyncio_timeout": "aionub noop, asyncio, timeout=1 (kernel timer per call)",
         "wasmtime": "wasmtime-py no-op export call",
@@ -263,7 +263,7 @@ def main() -> int:
         target(f"noop on {loop} ÷ raw C round trip", ratio(med[f"noop_{loop}"], med["raw"]), goals[loop])
     if "raw_thread_1cpu" in med:
         for loop in loops:
-            for key, what in ((f"noop_{loop}", "placement=scheduler"), (f"noop_{loop}_follow", "placement=follow_loop")):
+            for key, what in ((f"noop_{loop}", "placement=scheduler"), (f"noop_{loop}_follow", "placement=colocate")):
                 target(f"noop on {loop}, unpinned, {what} ÷ raw C thread-per-vCPU round trip on 1 CPU",
                        ratio(med[key], med["raw_thread_1cpu"]), "≤ 1.5")
     for loop in loops:

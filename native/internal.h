@@ -194,6 +194,7 @@ struct ab_placement {
     _Atomic int pinned_cpu;   /* -1: not pinned                             */
     bool in_call;             /* counted in calls in flight (vCPU thread)   */
     uint32_t cooldown;        /* calls left before it may pin again (submitter) */
+    bool holds_loop;          /* this sandbox's calls pinned the submitter  */
 };
 void placement_thread_start(struct ab_sandbox *sb); /* on the vCPU thread */
 void placement_before_call(struct ab_sandbox *sb);  /* submitter, at CALL  */

@@ -7,13 +7,17 @@
  * hypervisor: the noop round trip is about 2.5x slower. Left alone, the
  * scheduler mostly picks the slow placement.
  *
- * AB_PLACEMENT_FOLLOW_LOOP:
+ * AB_PLACEMENT_COLOCATE:
  *  - At the submit of a call, when no other call of the process is in
- *    flight, the vCPU thread is pinned to the CPU the submitting thread
- *    runs on (sched_setaffinity, only when that CPU changed).
- *  - When other calls are in flight (many busy sandboxes), it is unpinned:
- *    the scheduler spreads the guests over the CPUs; and it stays unpinned
- *    until it has made PLACEMENT_COOLDOWN_CALLS calls alone.
+ *    flight, the submitting thread is pinned to the CPU it runs on (once;
+ *    its previous affinity is kept) and the vCPU thread to the same CPU
+ *    (sched_setaffinity, only when that changes).
+ *  - When other calls are in flight (many busy sandboxes), both are
+ *    unpinned: the scheduler spreads the guests over the CPUs; and the
+ *    sandbox stays unpinned until it has made PLACEMENT_COOLDOWN_CALLS
+ *    calls alone.
+ *  - Closing the sandbox (ab_sandbox_release_placement, on the submitting
+ *    thread) gives that thread its affinity back.
  *  - A pinned call that runs longer than spread_ns is unpinned by a timer
  *    on the vCPU thread (limits.c arms it with the call's other timers), so
  *    a long call does not keep competing with the event loop for its CPU.
@@ -34,7 +38,7 @@
 #define PLACEMENT_COOLDOWN_CALLS 256
 
 /* Calls in flight in the process (between a CALL command and its last
- * event), counted only for sandboxes that follow their loop. */
+ * event), counted only for sandboxes that are colocated. */
 static _Atomic int calls_in_flight;
 
 /* A forked child has none of the parent's vCPU threads, so none of its
@@ -69,13 +73,58 @@ static void unpin(struct ab_placement *p)
     atomic_store_explicit(&p->pinned_cpu, -1, memory_order_relaxed);
 }
 
+/* The submitting thread (an event loop's), pinned by us to the CPU it was
+ * on, and the affinity it had before. Per thread: every sandbox that thread
+ * drives shares it. */
+static _Thread_local bool loop_pinned;
+static _Thread_local int loop_cpu;
+static _Thread_local cpu_set_t loop_allowed;
+
+static void release_loop(void)
+{
+    if (loop_pinned)
+        sched_setaffinity(0, sizeof loop_allowed, &loop_allowed);
+    loop_pinned = false;
+}
+
+/* The CPU to put the vCPU thread on: the submitting thread's, which is
+ * pinned there (by us) from the first call on. Following it unpinned does
+ * not work: woken by the vCPU thread (still running on its CPU), the
+ * scheduler puts the loop thread on the idle CPU, and the vCPU thread
+ * would chase it at every other call (measured: about one re-pin per two
+ * calls, no faster than no placement at all). */
+static int loop_cpu_now(struct ab_placement *p)
+{
+    if (!loop_pinned) {
+        int cpu = sched_getcpu();
+        cpu_set_t one;
+        CPU_ZERO(&one);
+        CPU_SET(cpu, &one);
+        if (cpu < 0 || sched_getaffinity(0, sizeof loop_allowed, &loop_allowed) ||
+            sched_setaffinity(0, sizeof one, &one))
+            return -1;
+        loop_pinned = true;
+        loop_cpu = cpu;
+    }
+    p->holds_loop = true;
+    return loop_cpu;
+}
+
+void ab_sandbox_release_placement(ab_sandbox *sb)
+{
+    if (sb->placement.holds_loop && loop_pinned)
+        release_loop();
+    sb->placement.holds_loop = false;
+}
+
 void placement_before_call(struct ab_sandbox *sb)
 {
     struct ab_placement *p = &sb->placement;
-    if (sb->config.placement != AB_PLACEMENT_FOLLOW_LOOP || !p->tid)
+    if (sb->config.placement == AB_PLACEMENT_SCHEDULER || !p->tid)
         return;
     int pinned = atomic_load_explicit(&p->pinned_cpu, memory_order_relaxed);
     if (atomic_load_explicit(&calls_in_flight, memory_order_relaxed) > 0) {
+        release_loop();
         /* Busy with others: spread, and stay spread for a while. Under a
          * steady load the count touches zero now and then; pinning at
          * each of those moments and unpinning at the next call would cost
@@ -91,7 +140,7 @@ void placement_before_call(struct ab_sandbox *sb)
         p->cooldown--;
         return;
     }
-    int cpu = sched_getcpu();
+    int cpu = loop_cpu_now(p);
     if (cpu < 0 || cpu == pinned || !CPU_ISSET(cpu, &p->allowed))
         return;
     cpu_set_t one;
@@ -106,7 +155,7 @@ void placement_before_call(struct ab_sandbox *sb)
 bool placement_call_begin(struct ab_sandbox *sb)
 {
     struct ab_placement *p = &sb->placement;
-    if (sb->config.placement != AB_PLACEMENT_FOLLOW_LOOP || p->in_call)
+    if (sb->config.placement == AB_PLACEMENT_SCHEDULER || p->in_call)
         return false;
     p->in_call = true;
     atomic_fetch_add_explicit(&calls_in_flight, 1, memory_order_relaxed);

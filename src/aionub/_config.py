@@ -20,7 +20,7 @@ _PAGE = 4096
 #: The largest sig_rt_min_offset: SIGRTMIN + offset may not pass SIGRTMAX (30 with glibc).
 MAX_SIG_RT_MIN_OFFSET = signal.SIGRTMAX - signal.SIGRTMIN
 #: The placement option's values and their native constants.
-_PLACEMENTS = {"scheduler": lib.AB_PLACEMENT_SCHEDULER, "follow_loop": lib.AB_PLACEMENT_FOLLOW_LOOP}
+_PLACEMENTS = {"scheduler": lib.AB_PLACEMENT_SCHEDULER, "colocate": lib.AB_PLACEMENT_COLOCATE}
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,13 +58,16 @@ class SandboxConfig:
     #: ``cpu_timeout=`` on a call overrides it; CpuTimeout when it runs out.
     cpu_timeout: float | None = None
     #: Where the vCPU thread runs: "scheduler" (the kernel decides) or
-    #: "follow_loop" (pinned to the CPU of the thread that submits each call
-    #: while no other call of the process is in flight, so a call's two
-    #: hand-overs are context switches rather than cross-CPU wake-ups;
-    #: unpinned when other calls are in flight, and when a call runs longer
-    #: than ``spread_after``). docs/deployment.md has the measurements.
+    #: "colocate": while no other call of the process is in flight, the
+    #: thread that submits calls (the event loop's) is pinned to the CPU it
+    #: is on and the vCPU thread to the same CPU, so a call's two hand-overs
+    #: are context switches rather than cross-CPU wake-ups; both are
+    #: unpinned while other calls are in flight, the vCPU thread also when a
+    #: call runs longer than ``spread_after``, and the loop's thread gets
+    #: its affinity back when the sandbox is closed. docs/deployment.md has
+    #: the measurements.
     placement: str = "scheduler"
-    #: With placement="follow_loop": unpin a call that runs this long.
+    #: With placement="colocate": unpin a call that runs this long.
     spread_after: float = 0.001
     #: Debugging (docs/debugging.md): False (default: int3 and single-step
     #: traps are guest faults), True (they pause the guest for a debugger:

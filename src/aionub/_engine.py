@@ -557,6 +557,8 @@ class Engine:
         native = self.native
         if native is not None:
             binding = self.bind()
+            # placement="colocate" pinned this (the submitting) thread: unpin it.
+            lib.ab_sandbox_release_placement(native.ptr)
             native.drop_views()  # no view of guest memory may outlive the VM
             try:
                 binding.submit(lib.ab_sandbox_submit_teardown)

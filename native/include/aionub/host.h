@@ -66,12 +66,14 @@ struct ab_config {
     uint32_t spin_ns;        /* vCPU thread polls for the next command this long
                                 before sleeping on its futex (0 = no polling)  */
     uint32_t placement;      /* AB_PLACEMENT_* (native/placement.c)            */
-    uint64_t spread_ns;      /* FOLLOW_LOOP: unpin a call running this long    */
+    uint64_t spread_ns;      /* COLOCATE: unpin a call running this long       */
 };
-#define AB_PLACEMENT_SCHEDULER 0   /* the scheduler alone decides             */
-#define AB_PLACEMENT_FOLLOW_LOOP 1 /* pin the vCPU thread to the submitting
-                                      thread's CPU while no other call is in
-                                      flight; unpin calls that run long      */
+#define AB_PLACEMENT_SCHEDULER 0 /* the scheduler alone decides               */
+#define AB_PLACEMENT_COLOCATE 1  /* while no other call is in flight, pin the
+                                    submitting thread and the vCPU thread to
+                                    the submitting thread's CPU; unpin a call
+                                    that runs longer than spread_ns
+                                    (native/placement.c)                    */
 
 struct ab_layout {
     uint64_t memory_size;
@@ -112,9 +114,9 @@ struct ab_stats {
                                   without waking Python                       */
     uint64_t timeouts;         /* calls stopped by their kernel deadline       */
     uint64_t cpu_timeouts;     /* calls stopped by their CPU-time budget       */
-    uint64_t pins;             /* FOLLOW_LOOP: vCPU thread pinned to a new CPU */
-    uint64_t unpins;           /* FOLLOW_LOOP: unpinned (other calls in flight)*/
-    uint64_t spreads;          /* FOLLOW_LOOP: unpinned by a long call         */
+    uint64_t pins;             /* COLOCATE: vCPU thread pinned to a new CPU    */
+    uint64_t unpins;           /* COLOCATE: unpinned (other calls in flight)   */
+    uint64_t spreads;          /* COLOCATE: unpinned by a long call            */
 };
 
 /* Open /dev/kvm (once per process) and check the API. 0 or -errno; errbuf
@@ -172,6 +174,10 @@ int ab_sandbox_start(ab_sandbox *sb, int notify_fd); /* run creation */
  * AB_EV_VM_ERROR with the reason. */
 int ab_sandbox_submit_call(ab_sandbox *sb, uint64_t deadline_ns,
                            uint64_t cpu_ns, int notify_fd);
+/* COLOCATE: give the calling thread back the CPU affinity it had before
+ * this sandbox's calls pinned it (call it on the thread that submitted
+ * them, when closing the sandbox). A no-op otherwise. */
+void ab_sandbox_release_placement(ab_sandbox *sb);
 
 /* Consume the notification on `notify_fd`: returns the event kind (> 0) once
  * the vCPU thread has published the event for the last command, -EAGAIN if
