@@ -16,7 +16,9 @@ Per round, interleaved:
             clock_nanosleep to an absolute deadline, then the same kill, until
             the sleeper has seen the vCPU stop (timer + kill + wake-up: the
             floor of any design that stops a guest at a deadline)
-  aionub    `await sb.call("spin", timeout=T)` on uvloop and on asyncio; each
+  aionub    `await sb.call("spin", timeout=T)` on uvloop and on asyncio (and,
+            to compare, `asyncio.timeout(T)` around `sb.call("spin")`: the
+            event loop's timer and kill protocol instead of the kernel's); each
             sample is the time from the moment the deadline should fire
             (just before the call + T) to the moment `CallTimeout` is caught.
             The sandbox is poisoned by each timeout and restored from a
@@ -98,7 +100,7 @@ async def aionub_deadlines(n: int, timeout: float, placement: str | None = None)
     unpinned), also the timer-alone and cancel samples."""
     clock = time.perf_counter
     loop = asyncio.get_running_loop()
-    deadline_s, sleep_s, cancel_s = [], [], []
+    deadline_s, sleep_s, cancel_s, looptimer_s = [], [], [], []
     before = vcpu_threads()
     sb = await aionub.Sandbox.create(aionub.DEMO_GUEST)
     if placement in ("same", "split"):
@@ -140,6 +142,20 @@ async def aionub_deadlines(n: int, timeout: float, placement: str | None = None)
                     deadline_s.append(late_deadline * 1e6)
                 continue
 
+            # The event loop's timer instead of the kernel's: asyncio.timeout()
+            # around a call without timeout= (how a deadline was enforced
+            # before timeout= had a kernel timer).
+            box = await fresh()
+            t0 = clock()
+            try:
+                async with asyncio.timeout(timeout):
+                    await box.call("spin")
+            except TimeoutError:
+                t1 = clock()
+            else:
+                raise RuntimeError("spin() returned")
+            late_looptimer = t1 - (t0 + timeout)
+
             # task.cancel() -> CancelledError, no timer in the measurement.
             box = await fresh()
             task = loop.create_task(box.call("spin"))
@@ -154,6 +170,7 @@ async def aionub_deadlines(n: int, timeout: float, placement: str | None = None)
                 raise RuntimeError("spin() returned")
             late_cancel = t1 - t0
             if i >= 3:
+                looptimer_s.append(late_looptimer * 1e6)
                 sleep_s.append(late_sleep * 1e6)
                 deadline_s.append(late_deadline * 1e6)
                 cancel_s.append(late_cancel * 1e6)
@@ -162,6 +179,7 @@ async def aionub_deadlines(n: int, timeout: float, placement: str | None = None)
     if placement is not None:
         return {"deadline": pcts(deadline_s)}
     return {"deadline": pcts(deadline_s), "sleep": pcts(sleep_s), "cancel": pcts(cancel_s),
+            "looptimer": pcts(looptimer_s),
             "early": {"p50": sum(1 for x in deadline_s if x < 0) / len(deadline_s),
                       "p99": 0.0}}
 
@@ -304,6 +322,7 @@ def main() -> int:
     row("raw C deadline (clock_nanosleep) -> kill -> sleeper sees stop", "rawdl")
     for loop in loops:
         row(f"aionub deadline -> CallTimeout caught, {loop}", f"deadline_{loop}")
+        row(f"  the loop's timer instead: asyncio.timeout(T) -> TimeoutError, {loop}", f"looptimer_{loop}")
         row(f"  {loop} timer alone: deadline -> asyncio.sleep(T) returns", f"sleep_{loop}")
         row(f"  task.cancel() -> CancelledError caught, {loop}", f"cancel_{loop}")
         row(f"  a new sandbox for every sample, {loop}", f"deadline_{loop}_fresh")
