@@ -243,3 +243,12 @@ async def test_spawned_sandboxes_enforce_both_limits(demo: aionub.Sandbox) -> No
         stats = sb.stats()
         assert stats["cpu_timeouts"] == 1
         assert stats["timeouts"] + stats["cancellations"] == 1
+
+
+async def test_infinite_and_huge_timeouts(demo: aionub.Sandbox) -> None:
+    """timeout=inf is no limit; a timeout too long for a kernel timer is the
+    event loop's alone (it is never reached here)."""
+    for timeout in (math.inf, 1e12, 1e300):
+        assert await demo.call("add", 1, 2, timeout=timeout) == 3
+    async with aionub.JsSandbox.create() as js:
+        assert await js.eval("1 + 1", timeout=math.inf) == 2

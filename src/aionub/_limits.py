@@ -21,6 +21,10 @@ __all__ = ("BACKSTOP_GRACE", "CallLimits", "check_cpu_timeout", "check_seconds")
 
 #: The longest cpu_timeout: an hour, like init_timeout.
 MAX_CPU_TIMEOUT = 3600.0
+#: Timeouts longer than this (about 115 days) get no kernel timer: the
+#: event loop's timer alone enforces them (a CLOCK_MONOTONIC deadline in
+#: nanoseconds must fit 64 bits).
+MAX_KERNEL_TIMEOUT = 1e7
 #: How long after the deadline the event loop's own timer stops a call that
 #: the kernel's has not (a backstop: it should never be needed). Firing at
 #: the deadline itself would race the kernel's stop, whose event arrives in
@@ -29,14 +33,15 @@ BACKSTOP_GRACE = 0.010
 
 
 def check_seconds(name: str, value: object) -> float | None:
-    """A ``timeout``-like argument: None, or a non-negative number of seconds."""
+    """A ``timeout``-like argument: None, or a non-negative number of
+    seconds; infinity means no limit (None)."""
     if value is None:
         return None
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise TypeError(f"{name} must be a number of seconds or None, not {type(value).__name__}")
     if math.isnan(value) or value < 0:
         raise ValueError(f"{name} must be a non-negative number of seconds, got {value}")
-    return float(value)
+    return None if math.isinf(value) else float(value)
 
 
 def check_cpu_timeout(value: object) -> float | None:
@@ -60,7 +65,10 @@ class CallLimits:
         #: The same deadline on CLOCK_MONOTONIC, for the kernel timer (0: none).
         #: Event loops keep their own clocks (uvloop's is cached, trio's is
         #: offset), so it is taken from the system clock, not the loop's.
-        self.deadline_ns = 0 if timeout is None else time.monotonic_ns() + max(1, round(timeout * 1e9))
+        if timeout is None or timeout > MAX_KERNEL_TIMEOUT:
+            self.deadline_ns = 0
+        else:
+            self.deadline_ns = time.monotonic_ns() + max(1, round(timeout * 1e9))
         #: The CPU-time budget in nanoseconds (0: none).
         self.cpu_ns = 0 if cpu_timeout is None else max(1, round(cpu_timeout * 1e9))
 

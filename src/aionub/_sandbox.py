@@ -321,8 +321,9 @@ class Sandbox:
         str, bytes, None, and lists and dicts of them) and return its result
         (await it: this returns a coroutine).
 
-        ``timeout`` (seconds of wall-clock time, host functions included)
-        stops the guest when it expires and raises :class:`CallTimeout`;
+        ``timeout`` (seconds of wall-clock time, host functions included;
+        None or infinity: no limit) stops the guest when it expires and
+        raises :class:`CallTimeout`;
         ``cpu_timeout`` (seconds of CPU time the guest uses, host functions
         not included; default: the sandbox's ``cpu_timeout`` option) raises
         :class:`CpuTimeout`. The kernel enforces both (a timer on the vCPU
