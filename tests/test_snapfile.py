@@ -8,6 +8,7 @@ lengths, page maps and vCPU states. Refusal is always InvalidSnapshotFile
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 from pathlib import Path
 
@@ -119,6 +120,12 @@ def test_not_a_snapshot_file(tmp_path: Path) -> None:
         aionub.Snapshot.load(tmp_path / "missing")
     with pytest.raises(aionub.InvalidSnapshotFile, match="not a regular file"):
         aionub.Snapshot.load("/dev/zero")  # never read without end
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(aionub.InvalidSnapshotFile, match="not a regular file"):
+        aionub.Snapshot.load(fifo)  # no writer: opening it must not wait for one
+    with pytest.raises(aionub.InvalidSnapshotFile, match="not a regular file"):
+        aionub.Snapshot.load(tmp_path)
     big = tmp_path / "big"
     with open(big, "wb") as f:
         f.truncate(300 * 1024 * 1024)  # sparse

@@ -143,13 +143,23 @@ _MAX_FILE = 256 * 1024 * 1024 + (8 << 20)
 
 def load(path: str | os.PathLike[str]) -> Snapshot:
     name = os.fspath(path)
-    with open(path, "rb") as f:
-        info = os.fstat(f.fileno())
+    # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a
+    # writer forever; anything but a regular file is refused below.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise InvalidSnapshotFile(f"{name}: not a regular file")
         if info.st_size > _MAX_FILE:
             raise InvalidSnapshotFile(f"{name}: {info.st_size} bytes is larger than any snapshot file")
-        data = f.read(_MAX_FILE + 1)
+        chunks = []
+        left = _MAX_FILE + 1
+        while left > 0 and (chunk := os.read(fd, min(left, 1 << 20))):
+            chunks.append(chunk)
+            left -= len(chunk)
+        data = b"".join(chunks)
+    finally:
+        os.close(fd)
     if len(data) > _MAX_FILE:
         raise InvalidSnapshotFile(f"{name}: larger than any snapshot file")
     view = memoryview(data)
