@@ -49,6 +49,8 @@
 #define sigev_notify_thread_id _sigev_un._tid
 #endif
 
+static void trip(struct ab_limits *l, uint32_t outcome);
+
 static uint64_t ts_ns(const struct timespec *t)
 {
     return (uint64_t)t->tv_sec * 1000000000ull + (uint64_t)t->tv_nsec;
@@ -210,6 +212,14 @@ int limits_resume(struct ab_sandbox *sb)
     }
     if (!l->cpu_ns)
         return 0;
+    /* The budget ran out in an earlier stretch, but its timer, checked only
+     * at the kernel's tick, had not fired yet: a guest that keeps calling
+     * the host in short stretches could otherwise run past it for as long
+     * as no tick lands while it runs. */
+    if (l->cpu_used_ns >= l->cpu_ns) {
+        trip(l, AB_EV_CPU_TIMEOUT);
+        return 0;
+    }
     l->cpu_since_ns = thread_cpu_ns();
     return arm(l->cpu, 0, l->cpu_left_ns);
 }
@@ -262,16 +272,22 @@ void limits_expired(struct ab_limits *l, const void *tag)
         atomic_store_explicit(&l->spread_fired, true, memory_order_relaxed);
         return;
     }
-    uint32_t outcome = tag == &l->cpu_tag ? AB_EV_CPU_TIMEOUT : AB_EV_TIMEOUT;
-    uint8_t old = atomic_fetch_or_explicit(&l->ih->state, AB_CANCEL_BIT,
-                                           memory_order_acq_rel);
-    if (!(old & AB_CANCEL_BIT))
-        atomic_store_explicit(&l->outcome, outcome, memory_order_relaxed);
+    trip(l, tag == &l->cpu_tag ? AB_EV_CPU_TIMEOUT : AB_EV_TIMEOUT);
     /* The kernel sent this kick signal for us: count it like ours. */
     atomic_fetch_add_explicit(&l->sb->counters.signals_sent, 1,
                               memory_order_relaxed);
     atomic_fetch_add_explicit(&ab_process_counters.signals_sent, 1,
                               memory_order_relaxed);
+}
+
+/* A limit ran out: what kill() does (CANCEL, then the kick), and why.
+ * Async-signal-safe. */
+static void trip(struct ab_limits *l, uint32_t outcome)
+{
+    uint8_t old = atomic_fetch_or_explicit(&l->ih->state, AB_CANCEL_BIT,
+                                           memory_order_acq_rel);
+    if (!(old & AB_CANCEL_BIT))
+        atomic_store_explicit(&l->outcome, outcome, memory_order_relaxed);
     /* The kick: a KVM_RUN entered after this returns EINTR at once. While
      * armed (a call is running) the run page is mapped and only this
      * thread could replace it (restore's rebuild runs between calls). */

@@ -252,3 +252,22 @@ async def test_infinite_and_huge_timeouts(demo: aionub.Sandbox) -> None:
         assert await demo.call("add", 1, 2, timeout=timeout) == 3
     async with aionub.JsSandbox.create() as js:
         assert await js.eval("1 + 1", timeout=math.inf) == 2
+
+
+async def test_a_guest_cannot_outrun_its_cpu_budget_in_short_stretches_between_host_calls() -> None:
+    """The CPU timer is checked at the kernel's tick; a guest that spends
+    its time in short stretches between host calls is stopped anyway, at
+    the first resume after its budget is spent."""
+    calls = 0
+
+    def ping() -> int:
+        nonlocal calls
+        calls += 1
+        return calls
+
+    async with aionub.JsSandbox.create(host_functions={"ping": ping}) as js:
+        with pytest.raises(aionub.CpuTimeout) as info:
+            await js.eval("let n = 0; for (;;) { host.ping(); for (let i = 0; i < 200; i++) n++ }",
+                          cpu_timeout=0.02, timeout=30)
+        assert info.value.cpu_time >= 0.02
+        assert calls > 10
