@@ -6,16 +6,23 @@ import os
 import time
 
 
-def vcpu_threads() -> int:
-    """vCPU threads of this process (the C core names them aionub-vcpu)."""
-    count = 0
+def vcpu_thread_ids() -> set[int]:
+    """Kernel ids of this process's vCPU threads (the C core names them
+    aionub-vcpu)."""
+    found = set()
     for tid in os.listdir("/proc/self/task"):
         try:
             with open(f"/proc/self/task/{tid}/comm") as f:
-                count += f.read().strip() == "aionub-vcpu"
+                if f.read().strip() == "aionub-vcpu":
+                    found.add(int(tid))
         except FileNotFoundError:
             pass  # the thread exited meanwhile
-    return count
+    return found
+
+
+def vcpu_threads() -> int:
+    """How many vCPU threads this process has."""
+    return len(vcpu_thread_ids())
 
 
 def settled_vcpu_threads(expected: int, timeout: float = 2.0) -> int:

@@ -9,22 +9,11 @@ import os
 
 import anyio
 import pytest
+from procinfo import vcpu_thread_ids as vcpu_tids
 
 import aionub
 
 pytestmark = pytest.mark.anyio
-
-
-def vcpu_tids() -> set[int]:
-    found = set()
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/comm") as f:
-                if f.read().strip() == "aionub-vcpu":
-                    found.add(int(tid))
-        except OSError:
-            pass
-    return found
 
 
 async def new_sandbox(**config: object) -> tuple[aionub.Sandbox, int]:

@@ -17,7 +17,7 @@ import time
 
 from ._exceptions import CallTimeout, CpuTimeout
 
-__all__ = ("BACKSTOP_GRACE", "CallLimits", "check_cpu_timeout", "check_seconds")
+__all__ = ("BACKSTOP_GRACE", "CallLimits", "NO_LIMITS", "call_limits", "check_cpu_timeout", "check_seconds")
 
 #: The longest cpu_timeout: an hour, like init_timeout.
 MAX_CPU_TIMEOUT = 3600.0
@@ -89,3 +89,14 @@ class CallLimits:
             cpu_timeout=float(self.cpu_timeout or 0.0),
             cpu_time=used,
         )
+
+
+#: The limits of a call with neither: shared, as most calls have none.
+NO_LIMITS = CallLimits(None, None, None)
+
+
+def call_limits(timeout: float | None, cpu_timeout: float | None, loop_now: float | None) -> CallLimits:
+    """The limits of a call starting now (``loop_now`` on the loop's clock)."""
+    if timeout is None and cpu_timeout is None:
+        return NO_LIMITS
+    return CallLimits(timeout, cpu_timeout, loop_now)

@@ -28,7 +28,7 @@ from ._exceptions import CallTimeout, GuestFunctionNotFound, InvalidGuest
 from ._hostcalls import HostFunction, check_host_functions
 from ._interrupt import InterruptHandle
 from ._lifecycle import State
-from ._limits import BACKSTOP_GRACE, CallLimits, check_cpu_timeout, check_seconds
+from ._limits import BACKSTOP_GRACE, CallLimits, call_limits, check_cpu_timeout, check_seconds
 from ._native import NativeSandbox
 from ._run import RunResult, check_argv, check_env, check_stdin, encode_run
 from ._snapshot import Snapshot
@@ -356,7 +356,7 @@ class Sandbox:
         binding = engine.bind()
         async with binding.lock:  # asyncio.Lock: no yield when free
             if seconds is None:
-                return await engine.call(binding, fn, request, CallLimits(None, cpu, None))
+                return await engine.call(binding, fn, request, call_limits(None, cpu, None))
             limits = CallLimits(seconds, cpu, now())
             value, expired = await binding.with_timeout(
                 lambda: engine.call(binding, fn, request, limits), seconds + BACKSTOP_GRACE
@@ -423,7 +423,7 @@ class Sandbox:
         binding = engine.bind()
         async with binding.lock:
             if seconds is None:
-                return await engine.run(binding, args, request, data, CallLimits(None, cpu, None))
+                return await engine.run(binding, args, request, data, call_limits(None, cpu, None))
             limits = CallLimits(seconds, cpu, now())
             result, expired = await binding.with_timeout(
                 lambda: engine.run(binding, args, request, data, limits), seconds + BACKSTOP_GRACE
