@@ -13,9 +13,15 @@ def vcpu_thread_ids() -> set[int]:
     for tid in os.listdir("/proc/self/task"):
         try:
             with open(f"/proc/self/task/{tid}/comm") as f:
-                if f.read().strip() == "aionub-vcpu":
+                if f.read().strip() != "aionub-vcpu":
+                    continue
+            with open(f"/proc/self/task/{tid}/status") as f:
+                # A thread that is exiting has let go of the address space
+                # (no Vm* lines) before the kernel removes its entry: it
+                # will never run again, so it is not counted.
+                if "VmSize:" in f.read():
                     found.add(int(tid))
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):
             pass  # the thread exited meanwhile
     return found
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import anyio
 import pytest
-from procinfo import vcpu_threads
+from procinfo import settled_vcpu_threads, vcpu_threads
 
 import aionub
 
@@ -120,7 +120,7 @@ async def test_close_leaves_nothing_and_fails_waiters() -> None:
         await anyio.sleep(0.05)
         await pool.aclose()
     assert len(outcome) == 1 and isinstance(outcome[0], aionub.SandboxClosed)
-    assert vcpu_threads() == before
+    assert settled_vcpu_threads(before) == before
     with pytest.raises(aionub.SandboxClosed):
         async with pool.acquire():
             pass
