@@ -131,20 +131,15 @@ int vcpu_state_get(struct ab_sandbox *sb, struct vcpu_state *st,
 int vcpu_state_set(struct ab_sandbox *sb, const struct vcpu_state *st,
                    const char **what);
 
-/* ---- signal.c: the kick signal's handler --------------------------------------
- * Make sure the kick handler is the one installed for `signo` (a signal in
- * SIGRTMIN..SIGRTMAX), installing it the first time and re-installing it,
- * counted in handler_reinstalls of the process and of `counters` (may be
- * NULL), if it was replaced. 0 or -errno. Called at sandbox creation and
- * before every kick signal. */
-struct ab_counters;
-int kick_signal_ensure(int signo, struct ab_counters *counters);
-/* The calling thread is a vCPU thread: kicks aimed at it are ours. */
-void kick_signal_mark_vcpu_thread(void);
-/* The calling vCPU thread's limits: timer signals carrying the address of
- * one of their tags are the call's deadline or CPU budget expiring. */
-struct ab_limits;
-void kick_signal_set_limits(struct ab_limits *limits);
+/* ---- signal.c: the kick signal, never delivered (N1-N4) ----------------- */
+/* [N1] On a vCPU thread, at its start: block every signal. */
+void kick_signal_block_all(void);
+/* [N2] Unblock only `signo` for the duration of the vCPU's KVM_RUN.
+ * 0 or -errno. */
+int kick_signal_unblock_in_run(int vcpu_fd, int signo);
+/* [N4] After an EINTR: take the pending kicks off the calling thread's
+ * queue. Returns how many were sent by a timer (SI_TIMER). */
+unsigned kick_signal_drain(int signo);
 
 /* ---- limits.c: a call's deadline and CPU-time budget (kernel timers) -------
  * deadline_ns and cpu_ns are written by the submitter before a CALL
@@ -159,19 +154,18 @@ struct ab_limits {
     timer_t wall, cpu;
     bool have_wall, have_cpu; /* created (lazily, on the vCPU thread)       */
     bool active;              /* a call with limits is in progress          */
-    uint64_t cpu_left_ns;     /* budget left while paused                   */
-    uint64_t cpu_since_ns;    /* thread CPU clock when last (re)armed       */
-    uint64_t cpu_used_ns;     /* CPU time the guest used in this call       */
+    uint64_t cpu_since_ns;    /* thread CPU clock when the budget was last
+                                 (re)armed; the guest runs since then       */
+    uint64_t cpu_used_ns;     /* CPU time used in earlier stretches         */
+    bool cpu_paused;          /* an event is with Python: not counting      */
     bool wall_paused;         /* the deadline is stopped (a debugger's stop) */
     uint64_t wall_left_ns;    /* what was left of it then                   */
-    _Atomic bool armed;       /* the handler acts on our timers' signals    */
     _Atomic uint32_t outcome; /* 0, AB_EV_TIMEOUT or AB_EV_CPU_TIMEOUT      */
     /* The placement's spread timer (placement.c): unpins the vCPU thread
      * when a pinned call runs long. It stops nothing. */
     timer_t spread;
     bool have_spread, spread_on;
-    _Atomic bool spread_fired; /* its signal interrupted KVM_RUN: not stale */
-    char wall_tag, cpu_tag, spread_tag; /* addresses identify the timers    */
+    uint64_t spread_at_ns;    /* CLOCK_MONOTONIC, when it is due            */
 };
 struct ab_sandbox;
 void limits_bind_thread(struct ab_sandbox *sb);  /* on the vCPU thread     */
@@ -184,8 +178,11 @@ int limits_resume(struct ab_sandbox *sb);  /* RESUME after it              */
 void limits_end(struct ab_sandbox *sb);    /* the call's last event        */
 uint32_t limits_outcome(struct ab_sandbox *sb); /* why CANCEL was set, or 0 */
 void limits_free(struct ab_sandbox *sb);
-/* From the kick signal's handler: `tag` identifies the timer. */
-void limits_expired(struct ab_limits *l, const void *tag);
+/* [T5] After an EINTR, on the vCPU thread: if the deadline has passed or
+ * the budget is spent, do what kill() does (CANCEL) and record why; if
+ * the spread timer is due, unpin. Returns whether the EINTR had a reason
+ * here (a limit or the spread), i.e. was not a stale kick. */
+bool limits_check(struct ab_sandbox *sb);
 
 /* ---- placement.c: where the vCPU thread runs (config.placement) ---------- */
 struct ab_placement {
@@ -206,7 +203,7 @@ void placement_spread(struct ab_sandbox *sb); /* the spread timer fired   */
 /* ---- stats ------------------------------------------------------------------ */
 struct ab_counters {
     _Atomic uint64_t calls, runs, cancellations, signals_sent, stale_kicks,
-        handler_reinstalls, sys_fast, timeouts, cpu_timeouts, pins, unpins,
+        sys_fast, timeouts, cpu_timeouts, pins, unpins,
         spreads;
 };
 extern struct ab_counters ab_process_counters;

@@ -3,9 +3,10 @@
  * It follows Hyperlight's LinuxInterruptHandle (state byte with CANCEL,
  * RUNNING and DEBUG_INTERRUPT bits, the vCPU thread id, `dropped`,
  * `retry_delay`, `sig_rt_min_offset`) with the same memory orderings, plus
- * kvm_run.immediate_exit: every kick sets it before signalling, so a signal
+ * kvm_run.immediate_exit: every kick sets it before signalling, so a kick
  * that lands after RUNNING is set but before the thread enters KVM_RUN is
- * not lost — KVM_RUN then returns EINTR at once.
+ * not lost — KVM_RUN then returns EINTR at once (the signal, still pending
+ * and unblocked only inside KVM_RUN, would make it do so too).
  *
  * All bits live in one byte, so every read-modify-write on it is totally
  * ordered: if kill()'s fetch_or(CANCEL) precedes the vCPU thread's
@@ -13,8 +14,8 @@
  * otherwise kill() sees RUNNING and signals. docs/cancellation.md numbers
  * the timing points.
  *
- * The signal's handler lives in signal.c; a kick makes sure it is installed
- * before every signal it sends.
+ * The signal is never delivered (signal.c): it only makes KVM_RUN return
+ * EINTR, whatever the application did with its disposition.
  */
 #include "internal.h"
 
@@ -157,13 +158,6 @@ int ab_interrupt_kick(ab_interrupt *ih)
             (pthread_t)atomic_load_explicit(&ih->tid, memory_order_acquire);
         if (unconsumed && now - ih->last_signal_ns < ih->retry_delay_ns) {
             /* the previous signal is still on its way */
-        } else if (kick_signal_ensure(ih->signo, ih->counters) < 0) {
-            /* [S3] Never signal unless our handler is installed: under
-             * SIG_DFL the signal would end the process. The check cannot
-             * fail for a signal that passed creation; if it did, the next
-             * kick tries again. A handler replaced between this check and
-             * the delivery is the residual race docs/cancellation.md
-             * describes. */
         } else if (pthread_kill(tid, ih->signo) == 0) {
             ih->last_signal_ns = now;
             sent = 1;

@@ -87,13 +87,6 @@ int sandbox_alloc(const struct ab_config *config,
     sb->vm_fd = sb->vcpu_fd = -1;
     atomic_init(&sb->notify_fd, -1);
     int signo = SIGRTMIN + (int)config->sig_rt_min_offset;
-    int rc = kick_signal_ensure(signo, &sb->counters);
-    if (rc) {
-        ab_fail(errbuf, errlen, -rc, "cannot install the handler for "
-                "SIGRTMIN+%u: %s", config->sig_rt_min_offset, strerror(-rc));
-        free_sandbox(sb);
-        return rc;
-    }
     sb->ih = interrupt_new(config->retry_delay_ns, signo);
     if (!sb->ih) {
         free_sandbox(sb);
@@ -354,8 +347,6 @@ static void read_counters(const struct ab_counters *c, struct ab_stats *out)
         atomic_load_explicit(&c->signals_sent, memory_order_relaxed);
     out->stale_kicks =
         atomic_load_explicit(&c->stale_kicks, memory_order_relaxed);
-    out->handler_reinstalls =
-        atomic_load_explicit(&c->handler_reinstalls, memory_order_relaxed);
     out->sys_fast = atomic_load_explicit(&c->sys_fast, memory_order_relaxed);
     out->timeouts = atomic_load_explicit(&c->timeouts, memory_order_relaxed);
     out->cpu_timeouts =

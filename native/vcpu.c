@@ -24,9 +24,10 @@
  * Hot path per call: one FUTEX_WAIT return, one KVM_RUN, one write().
  * Limits: a CALL arms the call's deadline and CPU budget (limits.c); an
  * event Python answers pauses the budget and RESUME re-arms it; the call's
- * last event disarms both. An expiring timer signals this thread, whose
- * handler sets CANCEL and immediate_exit like a kill(), so T2 and T5 see
- * it; the event is then TIMEOUT or CPU_TIMEOUT instead of CANCELLED.
+ * last event disarms both. An expiring timer signals this thread, which
+ * makes KVM_RUN return EINTR like a kick; at T5 the call's clocks say
+ * whether a limit ran out (limits_check sets CANCEL as a kill() would),
+ * and the event is then TIMEOUT or CPU_TIMEOUT instead of CANCELLED.
  * [T7] A fast system request (sysfast.c: clock, random, FS base) is served
  * here and the loop goes back to T2, which re-checks CANCEL exactly as for
  * a stale kick: a kill that lands while the reply is written is seen there
@@ -291,19 +292,28 @@ static void run_until_event(struct ab_sandbox *sb)
         }
         /* [T5] A kick. Clear immediate_exit before looking at CANCEL: a
          * kicker sets CANCEL before immediate_exit, so a CANCEL we miss
-         * here comes with a fresh immediate_exit we will not clear. */
+         * here comes with a fresh immediate_exit we will not clear. The
+         * same holds for the signal: a kick sent after the drain stays
+         * pending and stops the next KVM_RUN at once. */
         atomic_store_explicit((_Atomic uint8_t *)&sb->run->immediate_exit, 0,
                               memory_order_seq_cst);
+        unsigned timer_signals = kick_signal_drain(ih->signo);
+        if (timer_signals) { /* the kernel sent these kicks for us */
+            atomic_fetch_add_explicit(&sb->counters.signals_sent,
+                                      timer_signals, memory_order_relaxed);
+            atomic_fetch_add_explicit(&ab_process_counters.signals_sent,
+                                      timer_signals, memory_order_relaxed);
+        }
+        bool had_reason = limits_check(sb); /* may set CANCEL */
         if (interrupt_is_cancelled(ih))
             break;
         if (ab_interrupt_is_debug_interrupted(ih)) {
             debug_report_interrupt(sb, ev); /* a pause, not a cancellation */
             return;
         }
-        /* Re-enter the guest: the placement's spread timer (counted by
-         * its handler), or a stale kick. */
-        if (!atomic_exchange_explicit(&sb->limits.spread_fired, false,
-                                      memory_order_relaxed))
+        /* Re-enter the guest: the placement's spread timer, or a stale
+         * kick. */
+        if (!had_reason)
             AB_COUNT(sb, stale_kicks);
     }
     /* CANCEL came from a kill(), or from one of the call's limit timers,
@@ -360,14 +370,10 @@ static bool start_limits(struct ab_sandbox *sb, uint32_t cmd)
 void *vcpu_thread_main(void *arg)
 {
     struct ab_sandbox *sb = arg;
-    /* Only the kick signal may interrupt this thread; everything else goes
-     * to the application's threads. */
-    sigset_t set;
-    sigfillset(&set);
-    sigdelset(&set, sb->ih->signo);
-    pthread_sigmask(SIG_SETMASK, &set, NULL);
+    /* [N1] Every signal is blocked here: the kick only ever interrupts
+     * KVM_RUN (signal.c), and the rest goes to the application's threads. */
+    kick_signal_block_all();
     pthread_setname_np(pthread_self(), "aionub-vcpu");
-    kick_signal_mark_vcpu_thread();
     /* The thread owns the vCPU for the sandbox's whole life. */
     interrupt_set_tid(sb->ih);
     limits_bind_thread(sb);

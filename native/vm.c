@@ -118,6 +118,12 @@ static int vm_build(struct ab_sandbox *sb, char *errbuf, size_t errlen)
     sb->vcpu_fd = ioctl(sb->vm_fd, KVM_CREATE_VCPU, 0);
     if (sb->vcpu_fd < 0)
         return IOCTL_FAIL("KVM_CREATE_VCPU");
+    /* [N2] Only the kick signal interrupts KVM_RUN (signal.c). */
+    int mask_rc = kick_signal_unblock_in_run(sb->vcpu_fd, sb->ih->signo);
+    if (mask_rc) {
+        errno = -mask_rc;
+        return IOCTL_FAIL("KVM_SET_SIGNAL_MASK");
+    }
     sb->run_size = kvm_vcpu_mmap_size();
     void *run = mmap(NULL, (size_t)sb->run_size, PROT_READ | PROT_WRITE,
                      MAP_SHARED, sb->vcpu_fd, 0);

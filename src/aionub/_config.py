@@ -40,7 +40,8 @@ class SandboxConfig:
     #: InterruptHandle.kill() and the event loop re-send the kick signal at
     #: this interval until the vCPU has stopped.
     interrupt_retry_delay: float = 0.0005
-    #: The kick signal is SIGRTMIN + this offset, at most SIGRTMAX - SIGRTMIN
+    #: The kick signal is SIGRTMIN + this offset, at most SIGRTMAX - SIGRTMIN.
+    #: It is never delivered, so it may be one the application uses too
     #: (docs/cancellation.md, "The kick signal").
     sig_rt_min_offset: int = 0
     #: Creation fails with InvalidGuest if the guest is not ready by then.

@@ -41,7 +41,7 @@ EXIT_SHUTDOWN = lib.AB_EXIT_SHUTDOWN
 EAGAIN = -errno.EAGAIN
 
 STATS_FIELDS = (
-    "calls", "runs", "cancellations", "signals_sent", "stale_kicks", "handler_reinstalls", "sys_fast", "timeouts",
+    "calls", "runs", "cancellations", "signals_sent", "stale_kicks", "sys_fast", "timeouts",
     "cpu_timeouts", "pins", "unpins", "spreads",
 )
 

@@ -300,7 +300,7 @@ class Sandbox:
 
     def stats(self) -> dict[str, int]:
         """Counters of this sandbox: calls, runs (KVM_RUN ioctls),
-        cancellations, signals_sent, stale_kicks, handler_reinstalls,
+        cancellations, signals_sent, stale_kicks,
         sys_fast (system requests the C core answered without Python)."""
         self._engine.check_open()
         native = self._engine.native

@@ -106,9 +106,6 @@ struct ab_stats {
     uint64_t cancellations;    /* runs that ended with AB_EV_CANCELLED         */
     uint64_t signals_sent;     /* kick signals sent to the vCPU thread         */
     uint64_t stale_kicks;      /* EINTR without CANCEL: guest re-entered       */
-    uint64_t handler_reinstalls; /* kick handler found replaced (SIG_DFL,
-                                    SIG_IGN, another handler) and re-installed
-                                    before a kick or at creation               */
     uint64_t sys_fast;         /* system requests the C core served on the
                                   vCPU thread (AB_SYS_CLOCK, _RANDOM, _SET_FS)
                                   without waking Python                       */
