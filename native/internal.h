@@ -137,9 +137,8 @@ void kick_signal_block_all(void);
 /* [N2] Unblock only `signo` for the duration of the vCPU's KVM_RUN.
  * 0 or -errno. */
 int kick_signal_unblock_in_run(int vcpu_fd, int signo);
-/* [N4] After an EINTR: take the pending kicks off the calling thread's
- * queue. Returns how many were sent by a timer (SI_TIMER). */
-unsigned kick_signal_drain(int signo);
+/* [N4] Take the pending kicks off the calling thread's queue. */
+void kick_signal_drain(int signo);
 
 /* ---- limits.c: a call's deadline and CPU-time budget (kernel timers) -------
  * deadline_ns and cpu_ns are written by the submitter before a CALL
@@ -274,6 +273,8 @@ struct ab_sandbox {
     struct ab_placement placement;
     int inject_create_failure; /* AB_CREATE_FAIL_* or 0 (fault injection) */
     bool debug_enabled;       /* #BP/#DB pause for a debugger (debug.c)     */
+    bool kicks_pending;       /* vCPU thread: a stopped call may have left
+                                 kick signals queued (signal.c, N4)       */
     bool at_debug_stop;       /* the last event was AB_EV_DEBUG_STOP: the
                                  vCPU has no exit to complete (vCPU thread
                                  writes it before publishing)             */

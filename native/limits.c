@@ -275,6 +275,12 @@ bool limits_check(struct ab_sandbox *sb)
         trip(l, AB_EV_CPU_TIMEOUT);
         reason = true;
     }
+    if (reason) { /* its timer's signal stopped the guest: a kick sent */
+        atomic_fetch_add_explicit(&sb->counters.signals_sent, 1,
+                                  memory_order_relaxed);
+        atomic_fetch_add_explicit(&ab_process_counters.signals_sent, 1,
+                                  memory_order_relaxed);
+    }
     if (l->spread_on && now >= l->spread_at_ns) {
         /* A long call: let it leave the loop's CPU. */
         l->spread_on = false;

@@ -22,10 +22,12 @@
  *  [N3] The kernel counts a signal in real_blocked as blocked: while the
  *       thread is in KVM_RUN the kick is neither discarded as ignored
  *       (SIG_IGN) nor fatal to the process (SIG_DFL).
- *  [N4] After each EINTR the thread takes the pending kicks off its queue
- *       (kick_signal_drain), so the next KVM_RUN runs the guest again.
- *       Nothing is read from them: CANCEL, DEBUG_INTERRUPT and the call's
- *       clocks (limits.c) say why the guest was stopped.
+ *  [N4] The thread takes the pending kicks off its queue
+ *       (kick_signal_drain) before it runs the guest again: after an EINTR
+ *       that does not end the call, or when the next call starts after
+ *       one that was stopped. Nothing is read from them: CANCEL,
+ *       DEBUG_INTERRUPT and the call's clocks (limits.c) say why the guest
+ *       was stopped.
  *
  * Since every signal is blocked on vCPU threads, a process-directed signal
  * never lands on one: the application may use the kick signal for itself.
@@ -68,19 +70,14 @@ int kick_signal_unblock_in_run(int vcpu_fd, int signo)
     return ioctl(vcpu_fd, KVM_SET_SIGNAL_MASK, km) == 0 ? 0 : -errno;
 }
 
-unsigned kick_signal_drain(int signo)
+void kick_signal_drain(int signo)
 {
     sigset_t kick;
     sigemptyset(&kick);
     sigaddset(&kick, signo);
     const struct timespec no_wait = {0, 0};
-    siginfo_t info;
-    unsigned timers = 0;
     for (int i = 0; i < DRAIN_MAX; i++) {
-        if (sigtimedwait(&kick, &info, &no_wait) != signo)
+        if (sigtimedwait(&kick, NULL, &no_wait) != signo)
             break; /* EAGAIN: none left */
-        if (info.si_code == SI_TIMER)
-            timers++;
     }
-    return timers;
 }

@@ -292,21 +292,16 @@ static void run_until_event(struct ab_sandbox *sb)
         }
         /* [T5] A kick. Clear immediate_exit before looking at CANCEL: a
          * kicker sets CANCEL before immediate_exit, so a CANCEL we miss
-         * here comes with a fresh immediate_exit we will not clear. The
-         * same holds for the signal: a kick sent after the drain stays
-         * pending and stops the next KVM_RUN at once. */
+         * here comes with a fresh immediate_exit we will not clear. */
         atomic_store_explicit((_Atomic uint8_t *)&sb->run->immediate_exit, 0,
                               memory_order_seq_cst);
-        unsigned timer_signals = kick_signal_drain(ih->signo);
-        if (timer_signals) { /* the kernel sent these kicks for us */
-            atomic_fetch_add_explicit(&sb->counters.signals_sent,
-                                      timer_signals, memory_order_relaxed);
-            atomic_fetch_add_explicit(&ab_process_counters.signals_sent,
-                                      timer_signals, memory_order_relaxed);
-        }
         bool had_reason = limits_check(sb); /* may set CANCEL */
         if (interrupt_is_cancelled(ih))
             break;
+        /* [N4] The guest is re-entered: no kick may stay pending, or the
+         * next KVM_RUN would return at once. A kick sent after this
+         * stays pending and stops the next KVM_RUN at once. */
+        kick_signal_drain(ih->signo);
         if (ab_interrupt_is_debug_interrupted(ih)) {
             debug_report_interrupt(sb, ev); /* a pause, not a cancellation */
             return;
@@ -316,6 +311,11 @@ static void run_until_event(struct ab_sandbox *sb)
         if (!had_reason)
             AB_COUNT(sb, stale_kicks);
     }
+    /* The call ends: kick signals it left pending are taken off the queue
+     * when the next call starts, off this stop's path (and after its
+     * timers are disarmed, which keeps the kernel from re-arming a
+     * periodic one as its signal is taken). */
+    sb->kicks_pending = true;
     /* CANCEL came from a kill(), or from one of the call's limit timers,
      * which record why (limits.c). */
     uint32_t why = limits_outcome(sb);
@@ -416,6 +416,13 @@ void *vcpu_thread_main(void *arg)
         } else if (cmd == AB_CMD_CALL || cmd == AB_CMD_RESUME) {
             if (cmd == AB_CMD_CALL)
                 AB_COUNT(sb, calls);
+            if (sb->kicks_pending) {
+                /* [N4] Left by a call that was stopped. No kick for this
+                 * call can be among them: kicks signal only once RUNNING
+                 * is set (T2), and its timers are armed below. */
+                kick_signal_drain(sb->ih->signo);
+                sb->kicks_pending = false;
+            }
             if (sb->run && !start_limits(sb, cmd))
                 continue;
         } else if (cmd == AB_CMD_SNAPSHOT || cmd == AB_CMD_RESTORE) {
