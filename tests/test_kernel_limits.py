@@ -34,9 +34,7 @@ async def test_the_kernel_stops_the_guest_at_the_deadline(demo: aionub.Sandbox) 
     assert not vcpu_running(demo)
     assert demo.poisoned
     stats = demo.stats()
-    # The kernel's timer stopped it, or (on a machine so loaded that the
-    # vCPU thread had not run yet) the loop's backstop timer did.
-    assert stats["timeouts"] + stats["cancellations"] == 1
+    assert stats["timeouts"] == 1 and stats["cancellations"] == 0  # the kernel's timer stopped it
     with pytest.raises(aionub.SandboxPoisoned, match="timed out"):
         await demo.call("noop")
 

@@ -366,8 +366,8 @@ class Engine:
     ) -> None:
         """Serve a host call or system request; with a ``timeout=``, only
         until its deadline (an ``async def`` host function is cancelled
-        then). The call's own timer on the loop is a later backstop (the
-        kernel stops a running guest), so host time is cut here."""
+        then). The kernel's timer stops only a running guest, so host time
+        is cut here."""
         limits = self.limits
         if limits is None or limits.loop_deadline is None:
             await serve(output, length)

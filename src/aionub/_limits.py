@@ -6,9 +6,10 @@ deadline on CLOCK_MONOTONIC, the budget on the thread's CPU-time clock.
 When one runs out the guest is stopped on the spot and the vCPU thread
 reports TIMEOUT or CPU_TIMEOUT, which become :class:`CallTimeout` and
 :class:`CpuTimeout` here. Time in host functions is cut at the deadline by
-the event loop (the engine serves them under it), and the loop keeps a timer
-``BACKSTOP_GRACE`` after the deadline in case the kernel's never stops the
-guest."""
+the event loop (the engine serves them under it). The loop arms no timer of
+its own for a deadline the kernel enforces: the kernel's cannot be lost
+(native/limits.c), and one timer on the loop per call would cost more than
+a third of a short call."""
 
 from __future__ import annotations
 
@@ -17,19 +18,14 @@ import time
 
 from ._exceptions import CallTimeout, CpuTimeout
 
-__all__ = ("BACKSTOP_GRACE", "CallLimits", "NO_LIMITS", "call_limits", "check_cpu_timeout", "check_seconds")
+__all__ = ("CallLimits", "NO_LIMITS", "call_limits", "check_cpu_timeout", "check_seconds")
 
 #: The longest cpu_timeout: an hour, like init_timeout.
 MAX_CPU_TIMEOUT = 3600.0
 #: Timeouts longer than this (about 115 days) get no kernel timer: the
-#: event loop's timer alone enforces them (a CLOCK_MONOTONIC deadline in
+#: event loop's timer enforces them (a CLOCK_MONOTONIC deadline in
 #: nanoseconds must fit 64 bits).
 MAX_KERNEL_TIMEOUT = 1e7
-#: How long after the deadline the event loop's own timer stops a call that
-#: the kernel's has not (a backstop: it should never be needed). Firing at
-#: the deadline itself would race the kernel's stop, whose event arrives in
-#: the same loop iteration, and turn it into the slower cancellation path.
-BACKSTOP_GRACE = 0.010
 
 
 def check_seconds(name: str, value: object) -> float | None:

@@ -28,7 +28,7 @@ from ._exceptions import CallTimeout, GuestFunctionNotFound, InvalidGuest
 from ._hostcalls import HostFunction, check_host_functions
 from ._interrupt import InterruptHandle
 from ._lifecycle import State
-from ._limits import BACKSTOP_GRACE, CallLimits, call_limits, check_cpu_timeout, check_seconds
+from ._limits import CallLimits, call_limits, check_cpu_timeout, check_seconds
 from ._native import NativeSandbox
 from ._run import RunResult, check_argv, check_env, check_stdin, encode_run
 from ._snapshot import Snapshot
@@ -358,9 +358,9 @@ class Sandbox:
             if seconds is None:
                 return await engine.call(binding, fn, request, call_limits(None, cpu, None))
             limits = CallLimits(seconds, cpu, now())
-            value, expired = await binding.with_timeout(
-                lambda: engine.call(binding, fn, request, limits), seconds + BACKSTOP_GRACE
-            )
+            if limits.deadline_ns:  # the kernel enforces it: no timer on the loop
+                return await engine.call(binding, fn, request, limits)
+            value, expired = await binding.with_timeout(lambda: engine.call(binding, fn, request, limits), seconds)
             if expired:
                 raise self._timed_out(name, limits)
             return value
@@ -425,16 +425,19 @@ class Sandbox:
             if seconds is None:
                 return await engine.run(binding, args, request, data, call_limits(None, cpu, None))
             limits = CallLimits(seconds, cpu, now())
+            if limits.deadline_ns:  # the kernel enforces it: no timer on the loop
+                return await engine.run(binding, args, request, data, limits)
             result, expired = await binding.with_timeout(
-                lambda: engine.run(binding, args, request, data, limits), seconds + BACKSTOP_GRACE
+                lambda: engine.run(binding, args, request, data, limits), seconds
             )
             if result is None or expired:
                 raise self._timed_out(f"the run of {args[0]}", limits, call=False)
             return result
 
     def _timed_out(self, name: str, limits: CallLimits, *, call: bool = True) -> CallTimeout:
-        """The event loop's timer expired first (the kernel's deadline
-        raises from the engine): the same error."""
+        """The event loop's timer expired (a timeout too long for the
+        kernel's; the kernel's deadline raises from the engine): the same
+        error."""
         lifecycle = self._engine.lifecycle
         what = f"{name}()" if call else name
         error = limits.timeout_error(what)
