@@ -198,6 +198,7 @@ def main() -> int:
                 add("raw_thread_1cpu", run_floor("roundtrip-thread", opts.calls)["p50_us"])
                 for loop in loops:
                     add(f"noop_{loop}_1cpu", run_on(loop, lambda: aionub_noop(opts.calls)))
+                    add(f"noop_{loop}_timeout_1cpu", run_on(loop, lambda: aionub_noop(opts.calls, timeout=1.0)))
                     add(f"to_thread_{loop}_1cpu", run_on(loop, lambda: to_thread_roundtrip(opts.calls)))
             if len(os.sched_getaffinity(0)) >= 2:
                 for loop in loops:
@@ -222,6 +223,8 @@ def main() -> int:
         "noop_asyncio_follow": "aionub noop, asyncio, placement=colocate",
         "noop_uvloop_timeout": "aionub noop, uvloop, timeout=1 (kernel timer per call)",
         "noop_asyncio_timeout": "aionub noop, asyncio, timeout=1 (kernel timer per call)",
+        "noop_uvloop_timeout_1cpu": "aionub noop, uvloop, timeout=1, 1 CPU",
+        "noop_asyncio_timeout_1cpu": "aionub noop, asyncio, timeout=1, 1 CPU",
         "wasmtime": "wasmtime-py no-op export call",
         "raw_thread_1cpu": "raw C thread-per-vCPU round trip, 1 CPU",
         "noop_uvloop_1cpu": "aionub noop, uvloop, 1 CPU",
@@ -269,6 +272,9 @@ def main() -> int:
     for loop in loops:
         target(f"noop on {loop} with timeout= ÷ without (the kernel timer's cost)",
                ratio(med[f"noop_{loop}_timeout"], med[f"noop_{loop}"]), "—")
+        if f"noop_{loop}_timeout_1cpu" in med:  # the same with a fixed placement: less noise
+            target(f"noop on {loop} with timeout= ÷ without, 1 CPU",
+                   ratio(med[f"noop_{loop}_timeout_1cpu"], med[f"noop_{loop}_1cpu"]), "—")
     for loop in loops:
         target(f"noop on {loop} ÷ to_thread raw round trip",
                ratio(med[f"noop_{loop}"], med[f"to_thread_{loop}"]), "≤ 0.5")
