@@ -143,8 +143,7 @@ void kick_signal_drain(int signo);
 /* ---- limits.c: a call's deadline and CPU-time budget (kernel timers) -------
  * deadline_ns and cpu_ns are written by the submitter before a CALL
  * command (ordered by the command's seq_cst store) and read by the vCPU
- * thread; everything else belongs to the vCPU thread, except `armed` and
- * `outcome`, which its signal handler also touches. */
+ * thread; everything else belongs to the vCPU thread. */
 struct ab_limits {
     uint64_t deadline_ns;     /* CLOCK_MONOTONIC, absolute; 0 = none        */
     uint64_t cpu_ns;          /* CPU-time budget; 0 = none                  */
@@ -159,7 +158,7 @@ struct ab_limits {
     bool cpu_paused;          /* an event is with Python: not counting      */
     bool wall_paused;         /* the deadline is stopped (a debugger's stop) */
     uint64_t wall_left_ns;    /* what was left of it then                   */
-    _Atomic uint32_t outcome; /* 0, AB_EV_TIMEOUT or AB_EV_CPU_TIMEOUT      */
+    uint32_t outcome;         /* 0, AB_EV_TIMEOUT or AB_EV_CPU_TIMEOUT      */
     /* The placement's spread timer (placement.c): unpins the vCPU thread
      * when a pinned call runs long. It stops nothing. */
     timer_t spread;

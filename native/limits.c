@@ -132,7 +132,7 @@ static void disarm(timer_t t)
 int limits_begin(struct ab_sandbox *sb, const char **what)
 {
     struct ab_limits *l = &sb->limits;
-    atomic_store_explicit(&l->outcome, 0, memory_order_relaxed);
+    l->outcome = 0;
     l->cpu_used_ns = 0;
     l->cpu_paused = false;
     l->cpu_since_ns = l->cpu_ns ? thread_cpu_ns() : 0;
@@ -292,7 +292,7 @@ bool limits_check(struct ab_sandbox *sb)
 
 uint32_t limits_outcome(struct ab_sandbox *sb)
 {
-    return atomic_load_explicit(&sb->limits.outcome, memory_order_relaxed);
+    return sb->limits.outcome;
 }
 
 void limits_free(struct ab_sandbox *sb)
@@ -315,5 +315,5 @@ static void trip(struct ab_limits *l, uint32_t outcome)
     uint8_t old = atomic_fetch_or_explicit(&l->ih->state, AB_CANCEL_BIT,
                                            memory_order_acq_rel);
     if (!(old & AB_CANCEL_BIT))
-        atomic_store_explicit(&l->outcome, outcome, memory_order_relaxed);
+        l->outcome = outcome;
 }

@@ -23,9 +23,9 @@
  *    a long call does not keep competing with the event loop for its CPU.
  *
  * pinned_cpu is written by the submitting thread (between calls) and by
- * the spread timer's handler (during a call, on the vCPU thread): never at
- * the same time, since the timer is disarmed before the call's last event
- * is published and the next submit comes after it.
+ * the vCPU thread when the spread timer is due (during a call, at T5 in
+ * vcpu.c): never at the same time, since the call's last event is
+ * published after that and the next submit comes after it.
  */
 #include "internal.h"
 
@@ -172,8 +172,7 @@ void placement_call_end(struct ab_sandbox *sb)
     atomic_fetch_sub_explicit(&calls_in_flight, 1, memory_order_relaxed);
 }
 
-/* Async-signal-safe (a syscall and atomics): the spread timer's handler,
- * on the vCPU thread. */
+/* On the vCPU thread, when the spread timer is due (limits_check). */
 void placement_spread(struct ab_sandbox *sb)
 {
     struct ab_placement *p = &sb->placement;
