@@ -23,11 +23,10 @@
  *       thread is in KVM_RUN the kick is neither discarded as ignored
  *       (SIG_IGN) nor fatal to the process (SIG_DFL).
  *  [N4] The thread takes the pending kicks off its queue
- *       (kick_signal_drain) before it runs the guest again: after an EINTR
- *       that does not end the call, or when the next call starts after
- *       one that was stopped. Nothing is read from them: CANCEL,
- *       DEBUG_INTERRUPT and the call's clocks (limits.c) say why the guest
- *       was stopped.
+ *       (kick_signal_drain): after an EINTR that does not end the call,
+ *       before it re-enters the guest, and after a stopped call's event is
+ *       published. Nothing is read from them: CANCEL, DEBUG_INTERRUPT and
+ *       the call's clocks (limits.c) say why the guest was stopped.
  *
  * Since every signal is blocked on vCPU threads, a process-directed signal
  * never lands on one: the application may use the kick signal for itself.

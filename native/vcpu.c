@@ -311,10 +311,8 @@ static void run_until_event(struct ab_sandbox *sb)
         if (!had_reason)
             AB_COUNT(sb, stale_kicks);
     }
-    /* The call ends: kick signals it left pending are taken off the queue
-     * when the next call starts, off this stop's path (and after its
-     * timers are disarmed, which keeps the kernel from re-arming a
-     * periodic one as its signal is taken). */
+    /* The call ends: kick signals it left queued are taken once its event
+     * is published (vcpu_thread_main). */
     sb->kicks_pending = true;
     /* CANCEL came from a kill(), or from one of the call's limit timers,
      * which record why (limits.c). */
@@ -416,13 +414,6 @@ void *vcpu_thread_main(void *arg)
         } else if (cmd == AB_CMD_CALL || cmd == AB_CMD_RESUME) {
             if (cmd == AB_CMD_CALL)
                 AB_COUNT(sb, calls);
-            if (sb->kicks_pending) {
-                /* [N4] Left by a call that was stopped. No kick for this
-                 * call can be among them: kicks signal only once RUNNING
-                 * is set (T2), and its timers are armed below. */
-                kick_signal_drain(sb->ih->signo);
-                sb->kicks_pending = false;
-            }
             if (sb->run && !start_limits(sb, cmd))
                 continue;
         } else if (cmd == AB_CMD_SNAPSHOT || cmd == AB_CMD_RESTORE) {
@@ -443,6 +434,17 @@ void *vcpu_thread_main(void *arg)
         sb->at_debug_stop = sb->event.kind == AB_EV_DEBUG_STOP;
         settle_limits(sb);
         publish(sb);
+        if (sb->kicks_pending) {
+            /* [N4] Kick signals a stopped call left queued: taken now, off
+             * the stop's path and after its timers were disarmed (taking a
+             * periodic timer's signal would re-arm it), so that none stays
+             * queued while the sandbox idles (each counts against
+             * RLIMIT_SIGPENDING). No kick of the next call can be among
+             * them: kicks signal only once RUNNING is set (T2), and that
+             * call's timers are armed after its command is read. */
+            kick_signal_drain(sb->ih->signo);
+            sb->kicks_pending = false;
+        }
     }
     return NULL;
 }

@@ -19,8 +19,12 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
+import anyio
 import pytest
+from procinfo import vcpu_thread_ids
 
 import aionub
 from aionub import _native
@@ -321,6 +325,52 @@ def test_a_signal_aimed_at_a_vcpu_thread_is_harmless(anyio_backend: AnyioBackend
     assert isinstance(stats, dict)
     assert stats["cancellations"] == stats["timeouts"] == stats["cpu_timeouts"] == 0
     assert stats["stale_kicks"] >= 1  # the signals did interrupt KVM_RUN, and nothing else happened
+
+
+# ---- nothing stays queued ----------------------------------------------------
+
+
+def _queued_kicks(tid: int) -> bool:
+    """Whether the kick signal is pending on thread ``tid`` (its SigPnd)."""
+    with open(f"/proc/self/task/{tid}/status") as f:
+        line = next(entry for entry in f if entry.startswith("SigPnd:"))
+    return bool(int(line.split()[1], 16) >> (signal.SIGRTMIN - 1) & 1)
+
+
+@pytest.mark.anyio
+async def test_no_kick_stays_queued_after_a_stopped_call() -> None:
+    # Each queued real-time signal counts against RLIMIT_SIGPENDING, so an
+    # idle sandbox must not keep the kicks that stopped its last call.
+    async with aionub.Sandbox.create(aionub.DEMO_GUEST) as sb:
+        snap = await sb.snapshot()
+        (tid,) = vcpu_thread_ids()
+
+        async def settled() -> bool:
+            with anyio.move_on_after(2):
+                while _queued_kicks(tid):
+                    await anyio.sleep(0.001)
+            return not _queued_kicks(tid)
+
+        with pytest.raises(aionub.CallTimeout):
+            await sb.call("spin", timeout=0.02)
+        assert await settled(), "the deadline's kick stayed queued"
+        await sb.restore(snap)
+        with pytest.raises(aionub.CpuTimeout):
+            await sb.call("spin", cpu_timeout=0.02)
+        assert await settled(), "the CPU budget's kick stayed queued"
+        await sb.restore(snap)
+        with anyio.move_on_after(0.02):
+            await sb.call("spin")
+        assert sb.poisoned and await settled(), "the cancellation's kick stayed queued"
+        await sb.restore(snap)
+        handle = sb.interrupt_handle()
+        killer = threading.Thread(target=lambda: (time.sleep(0.02), handle.kill()))
+        killer.start()
+        with pytest.raises(aionub.ExecutionCancelled):
+            await sb.call("spin")
+        killer.join()
+        assert await settled(), "the kill's kick stayed queued"
+        assert sb.stats()["signals_sent"] >= 4
 
 
 # ---- sig_rt_min_offset covers exactly SIGRTMIN..SIGRTMAX -------------------------
