@@ -12,9 +12,11 @@ Per budget B (5, 20 and 100 ms by default), samples of
 Each sample records the CPU time the vCPU thread used in the call, measured
 independently of aionub from /proc/self/task/TID/schedstat (nanoseconds
 on the CPU), the `cpu_time` that `CpuTimeout` reports, and the wall time.
-The kernel checks CPU-time timers at its clock tick (CONFIG_HZ; the
-script reports the tick it finds), so the overshoot (used - B) is bounded
-by about one tick; the target is ≤ 2 ticks at p99.
+The budget's sampler (native/limits.c) looks at the thread's CPU clock
+when the budget could be spent, so the overshoot (used - B) is tens of
+microseconds; it is reported in kernel ticks (CONFIG_HZ; the script
+reports the tick it finds), the granularity of a timer on the CPU-time
+clock itself, against the target of ≤ 2 ticks at p99.
 
     python benchmarks/bench_cpu_timeout.py           # about 20 s
     python benchmarks/bench_cpu_timeout.py --quick   # about 6 s

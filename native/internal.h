@@ -155,6 +155,8 @@ struct ab_limits {
     uint64_t cpu_since_ns;    /* thread CPU clock when the budget was last
                                  (re)armed; the guest runs since then       */
     uint64_t cpu_used_ns;     /* CPU time used in earlier stretches         */
+    uint64_t cpu_check_at_ns; /* CLOCK_MONOTONIC: when the budget's sampler
+                                 (the `cpu` timer) looks next               */
     bool cpu_paused;          /* an event is with Python: not counting      */
     bool wall_paused;         /* the deadline is stopped (a debugger's stop) */
     uint64_t wall_left_ns;    /* what was left of it then                   */

@@ -6,11 +6,19 @@
  *
  *   deadline  CLOCK_MONOTONIC, absolute expiry. It keeps running while the
  *             guest waits for a host function: host time counts.
- *   budget    CLOCK_THREAD_CPUTIME_ID of the vCPU thread, relative. It is
- *             paused while the thread hands an event to Python (host calls,
- *             log records, system requests) and re-armed with what is left
- *             when the call resumes: host time does not count, and neither
- *             does the thread's polling for the next command.
+ *   budget    the vCPU thread's CPU time (CLOCK_THREAD_CPUTIME_ID), watched
+ *             by a CLOCK_MONOTONIC "sampler": a thread cannot use more CPU
+ *             time than the wall-clock time that passes, so the sampler is
+ *             armed for what is left of the budget; when it fires the
+ *             thread reads its CPU clock, and if it shared its CPU meanwhile
+ *             (the budget is not spent) the sampler is armed again for what
+ *             is left. A timer on the CPU-time clock itself would only be
+ *             checked at the kernel's tick (4 ms at HZ=250), and costs more
+ *             to arm. The budget is paused while the thread hands an event
+ *             to Python (host calls, log records, system requests) and
+ *             re-armed with what is left when the call resumes: host time
+ *             does not count, and neither does the thread's polling for the
+ *             next command.
  * While a debugger holds the guest (a DEBUG_STOP event) both are paused,
  * the deadline moving later by the time held.
  *
@@ -114,12 +122,26 @@ static uint64_t mono_ns(void)
     return ts_ns(&now);
 }
 
+/* The shortest wait of the budget's sampler: with less left, the budget is
+ * looked at again this much later (an overshoot of at most this much CPU
+ * time), rather than in a storm of exits. */
+#define CPU_SAMPLE_MIN_NS 50000ull
+
 /* CPU time the call has used: earlier stretches, plus the current one
  * unless an event is with Python. */
 static uint64_t cpu_used(const struct ab_limits *l)
 {
     return l->cpu_used_ns +
            (l->cpu_paused ? 0 : thread_cpu_ns() - l->cpu_since_ns);
+}
+
+/* Look at the budget when `left` more CPU time could have been used. */
+static int arm_sampler(struct ab_sandbox *sb, uint64_t left)
+{
+    struct ab_limits *l = &sb->limits;
+    l->cpu_check_at_ns =
+        mono_ns() + (left > CPU_SAMPLE_MIN_NS ? left : CPU_SAMPLE_MIN_NS);
+    return arm_limit(sb, l->cpu, TIMER_ABSTIME, l->cpu_check_at_ns);
 }
 
 static void disarm(timer_t t)
@@ -151,9 +173,9 @@ int limits_begin(struct ab_sandbox *sb, const char **what)
         l->have_wall = true;
     }
     if (l->cpu_ns && !l->have_cpu) {
-        rc = create_timer(sb, CLOCK_THREAD_CPUTIME_ID, &l->cpu);
+        rc = create_timer(sb, CLOCK_MONOTONIC, &l->cpu);
         if (rc) {
-            *what = "timer_create(CLOCK_THREAD_CPUTIME_ID)";
+            *what = "timer_create(CLOCK_MONOTONIC, CPU budget)";
             return rc;
         }
         l->have_cpu = true;
@@ -176,10 +198,8 @@ int limits_begin(struct ab_sandbox *sb, const char **what)
         }
     }
     if (l->cpu_ns) {
-        /* Read before arming: when the timer fires, cpu_used() has
-         * reached the budget. */
         l->cpu_since_ns = thread_cpu_ns();
-        rc = arm_limit(sb, l->cpu, 0, l->cpu_ns);
+        rc = arm_sampler(sb, l->cpu_ns);
         if (rc) {
             *what = "timer_settime(CPU budget)";
             limits_end(sb);
@@ -228,17 +248,16 @@ int limits_resume(struct ab_sandbox *sb)
     if (!l->cpu_ns || !l->cpu_paused)
         return 0;
     l->cpu_paused = false;
-    /* The budget ran out in an earlier stretch, but its timer, checked only
-     * at the kernel's tick, had not fired yet: a guest that keeps calling
-     * the host in short stretches could otherwise run past it for as long
-     * as no tick lands while it runs. */
+    /* The budget ran out in an earlier stretch, before its sampler looked:
+     * a guest that keeps calling the host in short stretches could
+     * otherwise run past it for as long as no sampler fires while it runs. */
     if (l->cpu_used_ns >= l->cpu_ns) {
         l->cpu_since_ns = thread_cpu_ns();
         trip(l, AB_EV_CPU_TIMEOUT);
         return 0;
     }
     l->cpu_since_ns = thread_cpu_ns();
-    return arm_limit(sb, l->cpu, 0, l->cpu_ns - l->cpu_used_ns);
+    return arm_sampler(sb, l->cpu_ns - l->cpu_used_ns);
 }
 
 void limits_end(struct ab_sandbox *sb)
@@ -266,16 +285,25 @@ bool limits_check(struct ab_sandbox *sb)
     struct ab_limits *l = &sb->limits;
     if (!l->active)
         return false;
-    bool reason = false;
-    uint64_t now = l->deadline_ns || l->spread_on ? mono_ns() : 0;
+    bool reason = false, tripped = false;
+    uint64_t now = mono_ns();
     if (l->deadline_ns && !l->wall_paused && now >= l->deadline_ns) {
         trip(l, AB_EV_TIMEOUT);
-        reason = true;
-    } else if (l->cpu_ns && cpu_used(l) >= l->cpu_ns) {
-        trip(l, AB_EV_CPU_TIMEOUT);
-        reason = true;
+        reason = tripped = true;
+    } else if (l->cpu_ns && !l->cpu_paused) {
+        uint64_t used = cpu_used(l);
+        if (used >= l->cpu_ns) {
+            trip(l, AB_EV_CPU_TIMEOUT);
+            reason = tripped = true;
+        } else if (now >= l->cpu_check_at_ns) {
+            /* The sampler came before the budget was spent: the thread
+             * shared its CPU. Look again when it could be. (Should this
+             * fail, the sampler fires again every retry_delay.) */
+            (void)arm_sampler(sb, l->cpu_ns - used);
+            reason = true;
+        }
     }
-    if (reason) { /* its timer's signal stopped the guest: a kick sent */
+    if (tripped) { /* its timer's signal stopped the guest: a kick sent */
         atomic_fetch_add_explicit(&sb->counters.signals_sent, 1,
                                   memory_order_relaxed);
         atomic_fetch_add_explicit(&ab_process_counters.signals_sent, 1,

@@ -122,7 +122,7 @@ def test_an_endless_rule_uses_up_its_cpu_budget_and_the_next_request_is_served(s
     started = time.monotonic()
     status, body = price(server, "loopy", {"id": 1, "spin": True})
     assert status == 429 and body["type"] == "CpuTimeout", body
-    # Stopped after its CPU budget (plus about a kernel tick), long before the deadline.
+    # Stopped after its CPU budget (plus a little), long before the deadline.
     assert CPU_BUDGET <= body["cpu_time"] < CPU_BUDGET + 0.5
     assert time.monotonic() - started < DEADLINE + 2
     # One sandbox (AIONUB_POOL_SIZE=1): the stopped one, restored.

@@ -70,9 +70,9 @@ class CpuTimeout(CallTimeout):
     this was raised and the sandbox is poisoned.
 
     ``cpu_timeout`` is the budget and ``cpu_time`` the CPU time the guest
-    actually used in the call (both seconds); the kernel checks CPU-time
-    timers at its clock tick, so ``cpu_time`` exceeds the budget by up to
-    about a tick (docs/cancellation.md)."""
+    actually used in the call (both seconds). ``cpu_time`` is never below
+    the budget and exceeds it by tens of microseconds, the time the vCPU
+    thread takes to notice (docs/cancellation.md, "Accuracy")."""
 
     def __init__(self, message: str, *, cpu_timeout: float, cpu_time: float) -> None:
         super().__init__(message)

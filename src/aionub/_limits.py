@@ -2,7 +2,8 @@
 time the guest may use), checked here once and enforced by the kernel.
 
 The C core arms a timer on the vCPU thread for each (native/limits.c): the
-deadline on CLOCK_MONOTONIC, the budget on the thread's CPU-time clock.
+deadline on CLOCK_MONOTONIC, the budget on the thread's CPU-time clock (watched
+by a CLOCK_MONOTONIC sampler).
 When one runs out the guest is stopped on the spot and the vCPU thread
 reports TIMEOUT or CPU_TIMEOUT, which become :class:`CallTimeout` and
 :class:`CpuTimeout` here. Time in host functions is cut at the deadline by
