@@ -11,7 +11,9 @@ Per budget B (5, 20 and 100 ms by default), samples of
 
 Each sample records the CPU time the vCPU thread used in the call, measured
 independently of aionub from /proc/self/task/TID/schedstat (nanoseconds
-on the CPU), the `cpu_time` that `CpuTimeout` reports, and the wall time.
+on the CPU), the `cpu_time` that `CpuTimeout` reports, the wall time, and
+the entries into the guest (KVM_RUN, the `runs` counter: each time the
+sampler fires before the budget is spent is one more).
 The budget's sampler (native/limits.c) looks at the thread's CPU clock
 when the budget could be spent, so the overshoot (used - B) is tens of
 microseconds; it is reported in kernel ticks (CONFIG_HZ; the script
@@ -61,7 +63,7 @@ def thread_cpu_ns(tid: int) -> int:
 
 async def samples(budget: float, n: int, contended: bool) -> dict[str, list[float]]:
     before = vcpu_threads()
-    out: dict[str, list[float]] = {"used_ms": [], "reported_ms": [], "wall_ms": []}
+    out: dict[str, list[float]] = {"used_ms": [], "reported_ms": [], "wall_ms": [], "runs": []}
     hog = None
     with restored_affinity():
         async with aionub.Sandbox.create(aionub.DEMO_GUEST) as sb:
@@ -78,6 +80,7 @@ async def samples(budget: float, n: int, contended: bool) -> dict[str, list[floa
             try:
                 for _ in range(n):
                     c0 = thread_cpu_ns(tid)
+                    runs0 = sb.stats()["runs"]
                     t0 = time.perf_counter()
                     try:
                         await sb.call("spin", cpu_timeout=budget)
@@ -89,6 +92,7 @@ async def samples(budget: float, n: int, contended: bool) -> dict[str, list[floa
                     out["used_ms"].append((thread_cpu_ns(tid) - c0) / 1e6)
                     out["reported_ms"].append(reported * 1e3)
                     out["wall_ms"].append(wall * 1e3)
+                    out["runs"].append(sb.stats()["runs"] - runs0)  # entries into the guest
                     await sb.restore(snap)
             finally:
                 if hog is not None:
@@ -112,7 +116,7 @@ def main() -> int:
     tick = kernel_tick_ms()
     print(f"kernel tick: {f'{tick:g} ms' if tick else 'unknown (no kernel config found)'}")
     print(f"{'setting':<10} {'budget':>7} {'used p50':>9} {'used p99':>9} {'over p50':>9} {'over p99':>9}"
-          f" {'|reported-used| p50':>20} {'wall/budget p50':>16}")
+          f" {'|reported-used| p50':>20} {'wall/budget p50':>16} {'runs p50':>9}")
     worst_over = 0.0
     for contended in (False, True):
         for b in budgets:
@@ -122,7 +126,7 @@ def main() -> int:
             worst_over = max(worst_over, percentile(over, 0.99))
             print(f"{'contended' if contended else 'alone':<10} {b:>5g}ms {median(s['used_ms']):>7.2f}ms"
                   f" {percentile(s['used_ms'], 0.99):>7.2f}ms {median(over):>7.2f}ms {percentile(over, 0.99):>7.2f}ms"
-                  f" {median(diff):>18.3f}ms {median(s['wall_ms']) / b:>16.2f}", flush=True)
+                  f" {median(diff):>18.3f}ms {median(s['wall_ms']) / b:>16.2f} {median(s['runs']):>9g}", flush=True)
     print()
     if tick:
         target("cpu_timeout overshoot (CPU used - budget), worst p99, in kernel ticks",
