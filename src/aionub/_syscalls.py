@@ -16,6 +16,7 @@ import logging
 import posixpath
 import struct
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -267,15 +268,20 @@ class SystemServices:
     # ---- sleeping ---------------------------------------------------------------------
 
     async def _sleep(self, ns: int) -> None:
-        """Sleep on the event loop. A timeout or cancellation of the call
+        """Sleep on the event loop, never less than asked on the guest's
+        clock (the host's CLOCK_MONOTONIC): a loop's timer may fire a little
+        early by that clock (uvloop rounds to whole milliseconds), so sleep
+        again for what is left. A timeout or cancellation of the call
         interrupts it like an async host function (the guest is stopped
         already, so nothing is in flight); aclose() stops it through the
         same cancel scope."""
         owner = self.owner
+        deadline = time.monotonic_ns() + ns
         with anyio.CancelScope() as scope:
             owner.host_call_scope = (scope, threading.get_ident())
             try:
-                await anyio.sleep(ns / 1e9)
+                while (left := deadline - time.monotonic_ns()) > 0:
+                    await anyio.sleep(left / 1e9)
             finally:
                 owner.host_call_scope = None
         if scope.cancelled_caught:
