@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -200,6 +201,30 @@ async def test_getrandom(sb: aionub.Sandbox, guest: Path) -> None:
             for _ in range(6):
                 tg.start_soon(one)
         assert len(seen) == 6
+
+
+async def test_a_timeout_during_a_sleep_is_never_early(guest: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loop's timer that cuts a host-served sleep short at the deadline
+    may fire a little early by CLOCK_MONOTONIC (uvloop's timers are in
+    whole milliseconds); CallTimeout still comes no earlier than the
+    deadline. Simulated: every such timer fires 0.9 ms early."""
+    from aionub._binding import AnyioBinding, AsyncioBinding
+
+    for cls in (AsyncioBinding, AnyioBinding):
+        real = cls.with_deadline
+
+        async def early(func: Any, deadline: float, real: Any = real) -> Any:
+            return await real(func, deadline - 0.0009)
+
+        monkeypatch.setattr(cls, "with_deadline", staticmethod(early))
+    async with aionub.Sandbox.create(guest) as s:
+        snap = await s.snapshot()
+        for _ in range(3):
+            started = time.monotonic_ns()
+            with pytest.raises(aionub.CallTimeout):
+                await s.call("sleep_ms", 10_000, timeout=0.05)
+            assert time.monotonic_ns() - started >= 50_000_000
+            await s.restore(snap)
 
 
 async def test_sleep_and_timeouts(sb: aionub.Sandbox, guest: Path) -> None:

@@ -374,6 +374,7 @@ class Engine:
             return
         _, expired = await binding.with_deadline(lambda: serve(output, length), limits.loop_deadline)
         if expired:
+            await limits.not_before_deadline()
             self.poison(limits.poison_reason(what))
             raise limits.timeout_error(what)
 

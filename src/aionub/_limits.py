@@ -17,6 +17,8 @@ from __future__ import annotations
 import math
 import time
 
+import anyio
+
 from ._exceptions import CallTimeout, CpuTimeout
 
 __all__ = ("CallLimits", "NO_LIMITS", "call_limits", "check_cpu_timeout", "check_seconds")
@@ -68,6 +70,16 @@ class CallLimits:
             self.deadline_ns = time.monotonic_ns() + max(1, round(timeout * 1e9))
         #: The CPU-time budget in nanoseconds (0: none).
         self.cpu_ns = 0 if cpu_timeout is None else max(1, round(cpu_timeout * 1e9))
+
+    async def not_before_deadline(self) -> None:
+        """Return once CLOCK_MONOTONIC has reached the deadline: the loop's
+        timer that cut host work short at it may fire a little early by
+        that clock (uvloop's timers are in whole milliseconds), and no
+        CallTimeout is raised before its time."""
+        if not self.deadline_ns:
+            return
+        while (left := self.deadline_ns - time.monotonic_ns()) > 0:
+            await anyio.sleep(left / 1e9)
 
     def poison_reason(self, what: str, cpu: bool = False) -> str:
         """Why the sandbox is poisoned after one of the limits stopped it."""
