@@ -60,7 +60,7 @@
 #define sigev_notify_thread_id _sigev_un._tid
 #endif
 
-static void trip(struct ab_limits *l, uint32_t outcome);
+static bool trip(struct ab_limits *l, uint32_t outcome);
 
 static uint64_t ts_ns(const struct timespec *t)
 {
@@ -288,13 +288,13 @@ bool limits_check(struct ab_sandbox *sb)
     bool reason = false, tripped = false;
     uint64_t now = mono_ns();
     if (l->deadline_ns && !l->wall_paused && now >= l->deadline_ns) {
-        trip(l, AB_EV_TIMEOUT);
-        reason = tripped = true;
+        tripped = trip(l, AB_EV_TIMEOUT);
+        reason = true;
     } else if (l->cpu_ns && !l->cpu_paused) {
         uint64_t used = cpu_used(l);
         if (used >= l->cpu_ns) {
-            trip(l, AB_EV_CPU_TIMEOUT);
-            reason = tripped = true;
+            tripped = trip(l, AB_EV_CPU_TIMEOUT);
+            reason = true;
         } else if (now >= l->cpu_check_at_ns) {
             /* The sampler came before the budget was spent: the thread
              * shared its CPU. Look again when it could be. (Should this
@@ -303,7 +303,7 @@ bool limits_check(struct ab_sandbox *sb)
             reason = true;
         }
     }
-    if (tripped) { /* its timer's signal stopped the guest: a kick sent */
+    if (tripped) { /* the timer's signal stopped the guest: a kick sent */
         atomic_fetch_add_explicit(&sb->counters.signals_sent, 1,
                                   memory_order_relaxed);
         atomic_fetch_add_explicit(&ab_process_counters.signals_sent, 1,
@@ -335,13 +335,16 @@ void limits_free(struct ab_sandbox *sb)
     l->have_wall = l->have_cpu = l->have_spread = false;
 }
 
-/* A limit ran out: what kill() does (CANCEL), and why. On the vCPU thread,
+/* A limit ran out: what kill() does (CANCEL), and why; false if CANCEL was
+ * already set (the limit is not why the call stops). On the vCPU thread,
  * which sees CANCEL next: at [T5] right after limits_check(), or at [T2]
  * after a RESUME. */
-static void trip(struct ab_limits *l, uint32_t outcome)
+static bool trip(struct ab_limits *l, uint32_t outcome)
 {
     uint8_t old = atomic_fetch_or_explicit(&l->ih->state, AB_CANCEL_BIT,
                                            memory_order_acq_rel);
-    if (!(old & AB_CANCEL_BIT))
-        l->outcome = outcome;
+    if (old & AB_CANCEL_BIT)
+        return false; /* a kill() came first: it stays a cancellation */
+    l->outcome = outcome;
+    return true;
 }
