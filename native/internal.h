@@ -302,6 +302,15 @@ struct ab_snapshot {
      * map copy-on-write (backing.c); -1 until the first spawn. */
     int backing_fd;
 };
+/* CLOCK_MONOTONIC in nanoseconds: the clock of deadlines, kicks' retry
+ * delays and the command spin. */
+static inline uint64_t mono_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
+}
+
 #define AB_BITS 64
 static inline bool test_bit(const uint64_t *map, uint64_t i)
 {

@@ -102,13 +102,6 @@ void interrupt_set_dropped(struct ab_interrupt *ih)
 
 /* ---- any thread's side ------------------------------------------------------- */
 
-static uint64_t now_ns(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
-}
-
 /* Whether a kick can reach the vCPU at all: the sandbox is not dropped and
  * its VM exists. vm_create() hands kvm_run to the handle only once the vCPU
  * is fully usable, and teardown takes it back (interrupt_set_dropped()).
@@ -150,7 +143,7 @@ int ab_interrupt_kick(ab_interrupt *ih)
          * kick_lock before the vCPU thread is joined and run unmapped. */
         _Atomic uint8_t *immediate_exit =
             (_Atomic uint8_t *)&ih->run->immediate_exit;
-        uint64_t now = now_ns();
+        uint64_t now = mono_ns();
         bool unconsumed = atomic_exchange_explicit(immediate_exit, 1,
                                                    memory_order_acq_rel);
         /* Acquire: pairs with the Release in interrupt_set_tid(). */

@@ -115,13 +115,6 @@ static int arm_once(timer_t t, uint64_t ns)
     return timer_settime(t, 0, &its, NULL) == 0 ? 0 : -errno;
 }
 
-static uint64_t mono_ns(void)
-{
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    return ts_ns(&now);
-}
-
 /* The shortest wait of the budget's sampler: with less left, the budget is
  * looked at again this much later (an overshoot of at most this much CPU
  * time), rather than in a storm of exits. */
@@ -157,6 +150,7 @@ int limits_begin(struct ab_sandbox *sb, const char **what)
     l->outcome = 0;
     l->cpu_used_ns = 0;
     l->cpu_paused = false;
+    /* The stretch starts now (a failure below still ends it cleanly). */
     l->cpu_since_ns = l->cpu_ns ? thread_cpu_ns() : 0;
     l->wall_paused = false;
     l->spread_on = placement_call_begin(sb) && sb->config.spread_ns;
@@ -198,7 +192,6 @@ int limits_begin(struct ab_sandbox *sb, const char **what)
         }
     }
     if (l->cpu_ns) {
-        l->cpu_since_ns = thread_cpu_ns();
         rc = arm_sampler(sb, l->cpu_ns);
         if (rc) {
             *what = "timer_settime(CPU budget)";
@@ -248,15 +241,14 @@ int limits_resume(struct ab_sandbox *sb)
     if (!l->cpu_ns || !l->cpu_paused)
         return 0;
     l->cpu_paused = false;
+    l->cpu_since_ns = thread_cpu_ns();
     /* The budget ran out in an earlier stretch, before its sampler looked:
      * a guest that keeps calling the host in short stretches could
      * otherwise run past it for as long as no sampler fires while it runs. */
     if (l->cpu_used_ns >= l->cpu_ns) {
-        l->cpu_since_ns = thread_cpu_ns();
         trip(l, AB_EV_CPU_TIMEOUT);
         return 0;
     }
-    l->cpu_since_ns = thread_cpu_ns();
     return arm_sampler(sb, l->cpu_ns - l->cpu_used_ns);
 }
 

@@ -54,13 +54,6 @@ static long futex(_Atomic uint32_t *addr, int op, uint32_t val)
     return syscall(SYS_futex, addr, op, val, NULL, NULL, 0);
 }
 
-static uint64_t now_ns(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
-}
-
 /* Wait for Python to hand over a command: poll for spin_ns first (cheap
  * when calls come back to back), then sleep on the futex. `sleeping` tells
  * the submitter whether a FUTEX_WAKE is needed (both sides use seq_cst so
@@ -71,7 +64,7 @@ static uint32_t wait_command(struct ab_sandbox *sb)
     if (cmd != AB_CMD_IDLE)
         return cmd;
     if (sb->config.spin_ns) {
-        uint64_t deadline = now_ns() + sb->config.spin_ns;
+        uint64_t deadline = mono_ns() + sb->config.spin_ns;
         do {
             for (int i = 0; i < 64; i++) {
                 __builtin_ia32_pause();
@@ -79,7 +72,7 @@ static uint32_t wait_command(struct ab_sandbox *sb)
                 if (cmd != AB_CMD_IDLE)
                     return cmd;
             }
-        } while (now_ns() < deadline);
+        } while (mono_ns() < deadline);
     }
     for (;;) {
         atomic_store(&sb->sleeping, 1);

@@ -21,7 +21,7 @@ import anyio
 
 from ._exceptions import CallTimeout, CpuTimeout
 
-__all__ = ("CallLimits", "NO_LIMITS", "call_limits", "check_cpu_timeout", "check_seconds")
+__all__ = ("CallLimits", "NO_LIMITS", "call_limits", "check_cpu_timeout", "check_seconds", "sleep_until_ns")
 
 #: The longest cpu_timeout: an hour, like init_timeout.
 MAX_CPU_TIMEOUT = 3600.0
@@ -29,6 +29,15 @@ MAX_CPU_TIMEOUT = 3600.0
 #: event loop's timer enforces them (a CLOCK_MONOTONIC deadline in
 #: nanoseconds must fit 64 bits).
 MAX_KERNEL_TIMEOUT = 1e7
+
+
+async def sleep_until_ns(deadline_ns: int) -> None:
+    """Sleep on the event loop until CLOCK_MONOTONIC (``time.monotonic_ns``,
+    the guest's clock and the kernel deadline's) reaches ``deadline_ns``. A
+    loop's timer may fire a little early by that clock (uvloop's are in
+    whole milliseconds): then sleep again for what is left."""
+    while (left := deadline_ns - time.monotonic_ns()) > 0:
+        await anyio.sleep(left / 1e9)
 
 
 def check_seconds(name: str, value: object) -> float | None:
@@ -73,13 +82,10 @@ class CallLimits:
 
     async def not_before_deadline(self) -> None:
         """Return once CLOCK_MONOTONIC has reached the deadline: the loop's
-        timer that cut host work short at it may fire a little early by
-        that clock (uvloop's timers are in whole milliseconds), and no
+        timer that cut host work short at it may have fired early, and no
         CallTimeout is raised before its time."""
-        if not self.deadline_ns:
-            return
-        while (left := self.deadline_ns - time.monotonic_ns()) > 0:
-            await anyio.sleep(left / 1e9)
+        if self.deadline_ns:
+            await sleep_until_ns(self.deadline_ns)
 
     def poison_reason(self, what: str, cpu: bool = False) -> str:
         """Why the sandbox is poisoned after one of the limits stopped it."""

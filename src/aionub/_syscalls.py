@@ -25,6 +25,7 @@ import anyio
 
 from . import _abi
 from ._exceptions import HostFunctionError, SandboxClosed, SandboxError
+from ._limits import sleep_until_ns
 from ._wire import Reader
 
 if TYPE_CHECKING:
@@ -269,9 +270,7 @@ class SystemServices:
 
     async def _sleep(self, ns: int) -> None:
         """Sleep on the event loop, never less than asked on the guest's
-        clock (the host's CLOCK_MONOTONIC): a loop's timer may fire a little
-        early by that clock (uvloop rounds to whole milliseconds), so sleep
-        again for what is left. A timeout or cancellation of the call
+        clock (the host's CLOCK_MONOTONIC; sleep_until_ns). A timeout or cancellation of the call
         interrupts it like an async host function (the guest is stopped
         already, so nothing is in flight); aclose() stops it through the
         same cancel scope."""
@@ -280,8 +279,7 @@ class SystemServices:
         with anyio.CancelScope() as scope:
             owner.host_call_scope = (scope, threading.get_ident())
             try:
-                while (left := deadline - time.monotonic_ns()) > 0:
-                    await anyio.sleep(left / 1e9)
+                await sleep_until_ns(deadline)
             finally:
                 owner.host_call_scope = None
         if scope.cancelled_caught:
